@@ -1,0 +1,43 @@
+"""tensorbridge: NumPy arrays <-> PyTorch tensors, for every dtype, layout, device and container.
+
+Example:
+    >>> import numpy as np, tensorbridge as tb
+    >>> t = tb.to_tensor(np.arange(3))
+    >>> tb.to_numpy(t).tolist()
+    [0, 1, 2]
+"""
+
+from __future__ import annotations
+
+from .api import Explanation, explain, stack, to_numpy, to_tensor
+from .dtypes import ROWS, numpy_dtype, torch_dtype
+from .errors import (
+    ConversionError,
+    CopyRefusedError,
+    DeviceError,
+    StructureError,
+    UnsupportedError,
+    ValueRangeError,
+)
+from .tree import register_container
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ROWS",
+    "ConversionError",
+    "CopyRefusedError",
+    "DeviceError",
+    "Explanation",
+    "StructureError",
+    "UnsupportedError",
+    "ValueRangeError",
+    "__version__",
+    "explain",
+    "numpy_dtype",
+    "register_container",
+    "stack",
+    "to_numpy",
+    "to_tensor",
+    "torch_dtype",
+]

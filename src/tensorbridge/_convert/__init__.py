@@ -1,0 +1,1 @@
+"""The code that touches torch and NumPy memory; each module carries out planned steps."""

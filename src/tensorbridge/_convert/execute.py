@@ -1,0 +1,151 @@
+"""Carry out a plan's steps, one function per step kind."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any, Final
+
+import numpy as np
+import torch
+
+from ..dtypes import DtypeRow
+from ..errors import ConversionError, DeviceError, UnsupportedError
+from ..plan import Plan, Step
+from .cast import cast_array, cast_tensor
+
+__all__ = ["run_plan"]
+
+Leaf = Any
+
+
+def _scalar(x: Leaf, step: Step, path: str) -> Leaf:
+    return np.array(x)
+
+
+def _restride(a: np.ndarray[Any, Any], step: Step, path: str) -> np.ndarray[Any, Any]:
+    # A stride on an axis of size <= 1 (or of an empty array) is never used to address memory,
+    # so any non-negative value gives the same view.
+    strides = tuple(0 if s < 0 else s for s in a.strides)
+    return np.lib.stride_tricks.as_strided(a, a.shape, strides, writeable=a.flags.writeable)
+
+
+def _numpy_copy(a: np.ndarray[Any, Any], step: Step, path: str) -> np.ndarray[Any, Any]:
+    # order="K" keeps the input's axis order (a Fortran array stays Fortran) with positive strides.
+    return np.array(a, dtype=a.dtype.newbyteorder("="), order="K", copy=True)
+
+
+def _numpy_cast(a: Leaf, step: Step, path: str) -> Leaf:
+    if isinstance(a, torch.Tensor):
+        raise AssertionError("numpy_cast planned on a tensor")
+    return cast_array(np.asarray(a), step.arg, path)
+
+
+def _share(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
+    row: DtypeRow = step.arg
+    if row.carrier is not None:
+        return torch.from_numpy(a.view(row.carrier)).view(row.torch)
+    return torch.from_numpy(a)
+
+
+def _share_readonly(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
+    # Sharing read-only memory is what copy=False asked for (or a copy follows at once);
+    # torch's warning about it would only repeat what the plan already says.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return _share(a, step, path)
+
+
+def _cast(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
+    with torch.no_grad():
+        return cast_tensor(t.detach(), step.arg, path)
+
+
+def _to_device(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
+    try:
+        return t.to(step.arg)
+    except (RuntimeError, AssertionError) as err:
+        raise DeviceError("to_tensor", path, f"moving to {step.arg} failed: {err}",
+                          "Check that the device exists (torch.cuda.device_count()) and has memory free") from err
+
+
+def _pin(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
+    try:
+        return t.pin_memory()
+    except RuntimeError as err:
+        raise DeviceError("to_tensor", path, f"pinning host memory failed: {err}",
+                          "Drop pin_memory=True, or free pinned memory") from err
+
+
+def _clone(x: Leaf, step: Step, path: str) -> Leaf:
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    return np.array(x, order="K", copy=True)
+
+
+def _requires_grad(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
+    # detach() gives a new tensor object, so the caller's tensor is never flagged.
+    return t.detach().requires_grad_(True)
+
+
+def _detach(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
+    return t.detach()
+
+
+def _resolve_conj(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
+    return t.resolve_conj()
+
+
+def _resolve_neg(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
+    return t.resolve_neg()
+
+
+def _to_host(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
+    try:
+        return t.to("cpu")
+    except RuntimeError as err:
+        raise DeviceError("to_numpy", path, f"copying from {t.device} to the host failed: {err}",
+                          "Check the device's state (a failed kernel poisons later copies)") from err
+
+
+def _to_numpy(t: torch.Tensor, step: Step, path: str) -> np.ndarray[Any, Any]:
+    row: DtypeRow = step.arg
+    if row.carrier is not None:
+        return t.view(torch.int16 if row.carrier.itemsize == 2 else torch.uint8).numpy().view(row.numpy)
+    return t.numpy()
+
+
+_EXECUTORS: Final[dict[str, Callable[[Any, Step, str], Any]]] = {
+    "scalar": _scalar,
+    "restride": _restride,
+    "numpy_copy": _numpy_copy,
+    "numpy_cast": _numpy_cast,
+    "share": _share,
+    "share_readonly": _share_readonly,
+    "cast": _cast,
+    "to_device": _to_device,
+    "pin": _pin,
+    "clone": _clone,
+    "requires_grad": _requires_grad,
+    "detach": _detach,
+    "resolve_conj": _resolve_conj,
+    "resolve_neg": _resolve_neg,
+    "to_host": _to_host,
+    "to_numpy": _to_numpy,
+}
+
+
+def run_plan(leaf: Leaf, plan: Plan) -> Leaf:
+    """Carry out ``plan`` on ``leaf``; raise the plan's error if it has one."""
+    if plan.error is not None:
+        raise plan.error
+    out = leaf
+    for step in plan.steps:
+        try:
+            out = _EXECUTORS[step.kind](out, step, plan.path)
+        except ConversionError:
+            raise
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise UnsupportedError("conversion", plan.path, f"step '{step}' failed: {err}",
+                                   "Report this input to tensorbridge; convert this leaf by hand meanwhile") from err
+    return out

@@ -1,0 +1,297 @@
+"""The public verbs: flatten the containers, plan each leaf, carry the plan out, rebuild.
+
+The common cases (a writable NumPy array to a tensor, a plain CPU tensor to NumPy, nothing
+asked of dtype/device/copy) skip planning: they are exactly the cases ``torch.from_numpy``
+and ``Tensor.numpy()`` get right, and they cost one ``try``. Everything else goes through
+the planner, so ``explain()`` reports what is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ._convert.execute import run_plan
+from .errors import StructureError, UnsupportedError
+from .plan import (
+    Plan,
+    ToNumpyOptions,
+    ToTensorOptions,
+    normalize_to_numpy,
+    normalize_to_tensor,
+    plan_tensor_to_tensor,
+    plan_to_numpy,
+    plan_to_tensor,
+)
+from .tree import Path, format_path, iter_leaves, map_leaves
+
+__all__ = ["Explanation", "explain", "stack", "to_numpy", "to_tensor"]
+
+_ndarray = np.ndarray
+_generic = np.generic
+_Tensor = torch.Tensor
+_from_numpy = torch.from_numpy
+_DEFAULT_TENSOR = ToTensorOptions()
+_DEFAULT_NUMPY = ToNumpyOptions()
+
+
+def _is_leaf(x: object) -> bool:
+    return isinstance(x, (_ndarray, _generic, _Tensor))
+
+
+def _plan_tensor(x: Any, opts: ToTensorOptions, path: str) -> Plan:
+    if isinstance(x, _Tensor):
+        return plan_tensor_to_tensor(x, opts, path)
+    return plan_to_tensor(x, opts, path)
+
+
+def _tensor_leaf(x: Any, path: Path, opts: ToTensorOptions) -> Any:
+    if isinstance(x, (_ndarray, _generic, _Tensor)):
+        return run_plan(x, _plan_tensor(x, opts, format_path(path)))
+    return x
+
+
+def _tensor_leaf_default(x: Any, path: Path) -> Any:
+    if type(x) is _ndarray and x.flags.writeable:
+        try:
+            return _from_numpy(x)
+        except (TypeError, ValueError):
+            pass  # the planner finds out why and what to do
+    elif type(x) is _Tensor:
+        return x
+    return _tensor_leaf(x, path, _DEFAULT_TENSOR)
+
+
+def to_tensor(
+    data: Any,
+    dtype: object = None,
+    device: object = None,
+    *,
+    copy: bool | None = None,
+    requires_grad: bool = False,
+    pin_memory: bool = False,
+) -> Any:
+    """Convert NumPy arrays (alone or anywhere in containers) to tensors.
+
+    Writable native-order arrays with non-negative strides become tensors that share their
+    memory, for every dtype in :data:`tensorbridge.dtypes.ROWS` (bfloat16 and float8 from
+    ``ml_dtypes`` included, bit-exact). Everything else is copied once, and only when it must
+    be: negative strides, non-native byte order, read-only memory (so writing to the tensor
+    can never reach a read-only mapping), a dtype cast, a device move.
+
+    Containers (dict and every Mapping, list, tuple, namedtuple, deque, dataclasses, attrs
+    classes, and registered types) are rebuilt with their own types; leaves that are not
+    arrays, tensors or NumPy scalars (None, str, Python numbers) pass through unchanged.
+    Tensors are returned as they are unless ``dtype``/``device``/``copy``/``requires_grad``
+    ask for a change; a tensor that must change comes back detached.
+
+    Args:
+        data: an array, NumPy scalar, tensor, or a container of them.
+        dtype: any spelling :func:`torch_dtype` accepts. A cast that would change a value
+            beyond rounding (300 -> uint8, NaN -> int, 1e300 -> float32) raises.
+        device: anything ``torch.device`` accepts.
+        copy: ``None`` shares memory when it can; ``True`` always returns fresh memory;
+            ``False`` never copies and raises when a copy is needed. With ``copy=False`` a
+            read-only array is shared as it is: writing to that tensor is undefined.
+        requires_grad: make each result a leaf tensor that requires grad (float/complex only).
+        pin_memory: put CPU results in page-locked memory (needs CUDA).
+
+    Returns:
+        The same structure with tensors in place of arrays.
+
+    Raises:
+        UnsupportedError: (TypeError) a dtype or type torch cannot hold, a masked array.
+        CopyRefusedError: (ValueError) ``copy=False`` but a copy is needed.
+        ValueRangeError: (ValueError) a cast would change values.
+        DeviceError: (RuntimeError) a device or pinned-memory problem.
+
+    Example:
+        >>> import numpy as np, tensorbridge as tb
+        >>> image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+        >>> batch = tb.to_tensor({"bgr": image, "rgb": image[:, :, ::-1], "id": 7})
+        >>> batch["rgb"][0, 0].tolist(), batch["id"]
+        ([2, 1, 0], 7)
+    """
+    if dtype is None and device is None and copy is None and not requires_grad and not pin_memory:
+        if type(data) is _ndarray and data.flags.writeable:
+            try:
+                return _from_numpy(data)
+            except (TypeError, ValueError):
+                pass
+        return map_leaves(_tensor_leaf_default, data)
+    opts = normalize_to_tensor(dtype, device, copy, requires_grad, pin_memory)
+    return map_leaves(lambda x, path: _tensor_leaf(x, path, opts), data)
+
+
+def _numpy_leaf(x: Any, path: Path, opts: ToNumpyOptions) -> Any:
+    if isinstance(x, (_ndarray, _generic, _Tensor)):
+        return run_plan(x, plan_to_numpy(x, opts, format_path(path)))
+    return x
+
+
+def _numpy_leaf_default(x: Any, path: Path) -> Any:
+    if type(x) is _Tensor:
+        try:
+            return x.numpy()
+        except (TypeError, RuntimeError):
+            pass  # the planner finds out why and what to do
+    elif isinstance(x, _ndarray):
+        return x
+    return _numpy_leaf(x, path, _DEFAULT_NUMPY)
+
+
+def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None) -> Any:
+    """Convert tensors (alone or anywhere in containers) to NumPy arrays.
+
+    CPU tensors share memory with the arrays returned (tensors that require grad and
+    Parameters too: they are detached, not copied); bfloat16 and float8 become ``ml_dtypes``
+    arrays, bit-exact and zero-copy. Tensors on other devices are brought to the host;
+    conjugate and negative bits are resolved; complex32 becomes complex64. Sparse, quantized,
+    nested and meta tensors raise a clear error instead of half-converting. NumPy arrays are
+    returned unchanged (NumPy scalars become 0-d arrays) unless ``dtype``/``copy`` ask.
+
+    Args:
+        data: a tensor, array, NumPy scalar, or a container of them.
+        dtype: any spelling :func:`numpy_dtype` accepts; casts that would change a value
+            beyond rounding raise.
+        copy: ``None`` shares when it can, ``True`` always copies, ``False`` raises when a copy
+            is needed.
+
+    Returns:
+        The same structure with arrays in place of tensors.
+
+    Raises:
+        UnsupportedError: (TypeError) sparse, quantized, nested, meta tensors; dtypes NumPy lacks.
+        CopyRefusedError: (ValueError) ``copy=False`` but a copy is needed.
+        ValueRangeError: (ValueError) a cast would change values.
+
+    Example:
+        >>> import torch, tensorbridge as tb
+        >>> w = torch.nn.Parameter(torch.ones(2, dtype=torch.bfloat16))
+        >>> out = tb.to_numpy({"w": w})
+        >>> out["w"].dtype.name, out["w"].tolist()
+        ('bfloat16', [1.0, 1.0])
+    """
+    if dtype is None and copy is None:
+        if type(data) is _Tensor:
+            try:
+                return data.numpy()
+            except (TypeError, RuntimeError):
+                pass
+        return map_leaves(_numpy_leaf_default, data)
+    opts = normalize_to_numpy(dtype, copy)
+    return map_leaves(lambda x, path: _numpy_leaf(x, path, opts), data)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The plans for every leaf of one conversion, as :func:`explain` returns them.
+
+    ``str()`` prints one block per leaf: path, source, target, steps, and whether memory is
+    shared. ``shares_memory`` is True when every leaf's result shares memory with its input.
+    """
+
+    direction: Literal["tensor", "numpy"]
+    plans: tuple[Plan, ...]
+
+    @property
+    def shares_memory(self) -> bool:
+        """True when there is at least one leaf and every leaf's result shares its input's memory."""
+        return bool(self.plans) and all(p.shares_memory for p in self.plans)
+
+    def __str__(self) -> str:
+        if not self.plans:
+            return f"to_{self.direction}: no arrays or tensors to convert"
+        return "\n".join(str(p) for p in self.plans)
+
+
+def explain(data: Any, to: Literal["tensor", "numpy"] = "tensor", **options: Any) -> Explanation:
+    """Say what ``to_tensor``/``to_numpy`` would do with ``data``, without doing it.
+
+    Args:
+        data: what you would pass to the conversion.
+        to: ``"tensor"`` for :func:`to_tensor`, ``"numpy"`` for :func:`to_numpy`.
+        **options: the same keyword options (``dtype``, ``device``, ``copy``, ...).
+
+    Returns:
+        An :class:`Explanation`; leaves that would fail show their error instead of steps.
+
+    Example:
+        >>> import numpy as np, tensorbridge as tb
+        >>> plan = tb.explain(np.zeros((2, 3))[:, ::-1])
+        >>> plan.shares_memory
+        False
+        >>> print(plan)  # doctest: +ELLIPSIS
+        data: numpy.ndarray float64 shape (2, 3) strides (24, -8) -> torch.Tensor float64 on cpu
+            - numpy copy (negative strides: torch cannot view this memory)
+            - share
+            => fresh memory
+    """
+    leaves = iter_leaves(data, _is_leaf)
+    if to == "tensor":
+        t_opts = normalize_to_tensor(options.pop("dtype", None), options.pop("device", None),
+                                     options.pop("copy", None), options.pop("requires_grad", False),
+                                     options.pop("pin_memory", False))
+        _no_more(options)
+        plans = tuple(_plan_tensor(x, t_opts, format_path(p)) for p, x in leaves)
+    elif to == "numpy":
+        n_opts = normalize_to_numpy(options.pop("dtype", None), options.pop("copy", None))
+        _no_more(options)
+        plans = tuple(plan_to_numpy(x, n_opts, format_path(p)) for p, x in leaves)
+    else:
+        raise UnsupportedError("explain", "to", f"{to!r} is not a direction", "Pass to='tensor' or to='numpy'")
+    return Explanation(to, plans)
+
+
+def _no_more(options: dict[str, Any]) -> None:
+    if options:
+        raise UnsupportedError("explain", "options", f"unknown option(s) {sorted(options)}",
+                               "Pass only the options the conversion itself takes")
+
+
+def stack(items: Sequence[Any], dtype: object = None, device: object = None, *, dim: int = 0) -> torch.Tensor:
+    """Make one tensor from a sequence of same-shape arrays or tensors, fast.
+
+    ``torch.tensor(list_of_arrays)`` walks every element in Python and takes seconds for
+    data that this does in milliseconds: each item is viewed as a tensor without copying
+    (see :func:`to_tensor`), then ``torch.stack`` copies them once into the result.
+
+    Args:
+        items: arrays, tensors or NumPy scalars of one shape and dtype (mixed kinds are fine).
+        dtype: the result's dtype; needed when the items' dtypes differ. Checked like ``to_tensor``.
+        device: where the result lives.
+        dim: the new axis, as in ``torch.stack``.
+
+    Raises:
+        StructureError: (ValueError) no items, or items whose shapes or dtypes differ.
+
+    Example:
+        >>> import numpy as np, tensorbridge as tb
+        >>> frames = [np.full((2, 2), i, dtype=np.float32) for i in range(3)]
+        >>> tb.stack(frames).shape
+        torch.Size([3, 2, 2])
+    """
+    items = list(items)
+    if not items:
+        raise StructureError("stack", "items", "there are no items, so the shape is unknown",
+                             "Use torch.empty((0, *shape)) for an empty batch")
+    tensors = [to_tensor(x, dtype) if dtype is not None else to_tensor(x) for x in items]
+    first = tensors[0]
+    if not isinstance(first, _Tensor):
+        raise UnsupportedError("stack", "items[0]", f"{type(items[0]).__name__} is not an array or tensor",
+                               "Pass NumPy arrays, NumPy scalars or tensors")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, _Tensor):
+            raise UnsupportedError("stack", f"items[{i}]", f"{type(items[i]).__name__} is not an array or tensor",
+                                   "Pass NumPy arrays, NumPy scalars or tensors")
+        if t.shape != first.shape or t.dtype != first.dtype:
+            raise StructureError(
+                "stack", f"items[{i}]",
+                f"shape {tuple(t.shape)} dtype {t.dtype} differs from items[0] ({tuple(first.shape)} {first.dtype})",
+                "Resize the items to one shape, or pass dtype= to cast them all")
+    out = torch.stack(tensors, dim=dim)
+    return out if device is None else to_tensor(out, device=device)

@@ -1,0 +1,64 @@
+"""The errors tensorbridge raises.
+
+Every error is a :class:`ConversionError`. Each concrete class is also the built-in
+exception a caller would catch without knowing tensorbridge, so ``except TypeError``
+keeps working around code that switched from ``torch.from_numpy`` to tensorbridge.
+
+Messages follow one shape: ``<what failed> at <key path>: <why>. <what to do>.``
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConversionError",
+    "CopyRefusedError",
+    "DeviceError",
+    "StructureError",
+    "UnsupportedError",
+    "ValueRangeError",
+]
+
+
+class ConversionError(Exception):
+    """Base class of every error tensorbridge raises.
+
+    Attributes:
+        path: the key path of the leaf that failed, e.g. ``data['images'][3]``.
+        cause: why it failed, with the values involved.
+        fix: what the caller can do about it.
+
+    Example:
+        >>> import numpy as np, tensorbridge as tb
+        >>> try:
+        ...     tb.to_tensor({"x": np.array(["a"])})
+        ... except tb.ConversionError as err:
+        ...     print(err.path)
+        data['x']
+    """
+
+    def __init__(self, what: str, path: str, cause: str, fix: str) -> None:
+        self.what = what
+        self.path = path
+        self.cause = cause
+        self.fix = fix
+        super().__init__(f"{what} at {path}: {cause}. {fix}.")
+
+
+class UnsupportedError(ConversionError, TypeError):
+    """A dtype, a type or a tensor layout that cannot be converted (also a TypeError)."""
+
+
+class CopyRefusedError(ConversionError, ValueError):
+    """``copy=False`` was asked for but the conversion needs a copy (also a ValueError)."""
+
+
+class ValueRangeError(ConversionError, ValueError):
+    """A value does not fit the requested dtype, or would be lost (also a ValueError)."""
+
+
+class StructureError(ConversionError, ValueError):
+    """A container cannot be walked or rebuilt: a cycle, a shape mismatch (also a ValueError)."""
+
+
+class DeviceError(ConversionError, RuntimeError):
+    """A device or pinned-memory problem (also a RuntimeError)."""
