@@ -75,7 +75,7 @@ _SPEC: Final = (
     ("complex32", "complex32", "complex64", "numpy", False),
 )
 
-_CARRIERS: Final = {1: np.dtype(np.uint8), 2: np.dtype(np.int16)}
+_CARRIERS: Final[dict[int, np.dtype[Any]]] = {1: np.dtype(np.uint8), 2: np.dtype(np.int16)}
 
 
 def _build_rows() -> tuple[DtypeRow, ...]:
@@ -112,7 +112,7 @@ _TORCH_ALIASES: Final = {
 }
 # Spellings that mean different things in torch (float32, int32) and NumPy (float64, int64).
 _AMBIGUOUS: Final = {"float": ("float32", "float64"), "int": ("int32", "int64")}
-_PY_TYPES: Final = {
+_PY_TYPES: Final[dict[type, str]] = {
     builtins.bool: "bool",
     builtins.int: "int64",
     builtins.float: "float64",
@@ -167,8 +167,8 @@ def _lookup(x: object) -> DtypeRow | np.dtype[Any] | torch.dtype:
             raise _unsupported(x, "names no dtype that both NumPy and torch can hold",
                                "Use a name such as 'float32', 'bfloat16' or 'int64'")
         return row
-    if x in _PY_TYPES:
-        return _BY_NAME[_PY_TYPES[x]]  # type: ignore[index]  # x is one of the builtin types
+    if isinstance(x, type) and x in _PY_TYPES:
+        return _BY_NAME[_PY_TYPES[x]]
     try:
         dt = np.dtype(x)  # type: ignore[call-overload]  # any spelling NumPy accepts
     except TypeError as err:

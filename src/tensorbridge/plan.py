@@ -154,8 +154,8 @@ def _negative_strides(a: np.ndarray[Any, Any]) -> tuple[bool, bool]:
     """Return (has negative strides that matter, has negative strides that do not)."""
     if a.size == 0:
         return False, any(s < 0 for s in a.strides)
-    real = any(s < 0 and n > 1 for s, n in zip(a.strides, a.shape))
-    harmless = any(s < 0 and n <= 1 for s, n in zip(a.strides, a.shape))
+    real = any(s < 0 and n > 1 for s, n in zip(a.strides, a.shape, strict=True))
+    harmless = any(s < 0 and n <= 1 for s, n in zip(a.strides, a.shape, strict=True))
     return real, harmless
 
 
@@ -199,7 +199,7 @@ def _steps_to_tensor(leaf: np.ndarray[Any, Any] | np.generic, opts: ToTensorOpti
                      path: str) -> tuple[list[Step], torch.dtype]:
     steps: list[Step] = []
     if isinstance(leaf, np.ma.MaskedArray):
-        masked = int(np.ma.count_masked(leaf))
+        masked = int(np.ma.count_masked(leaf))  # type: ignore[no-untyped-call]  # NumPy leaves np.ma untyped
         raise UnsupportedError(
             "to_tensor", path, f"a masked array's mask would be lost ({masked} of {leaf.size} values masked)",
             "Pass a.filled(fill_value) for the data, or convert a.data and np.ma.getmaskarray(a) separately")

@@ -103,11 +103,11 @@ def _flatten_mapping(m: Mapping[Any, Any]) -> tuple[list[Any], list[Any], None]:
 
 
 def _unflatten_dict(orig: Any, aux: Any, kids: list[Any]) -> Any:
-    return dict(zip(orig.keys(), kids))
+    return dict(zip(orig.keys(), kids, strict=True))
 
 
 def _unflatten_mapping(orig: Any, aux: Any, kids: list[Any]) -> Any:
-    items = dict(zip(orig.keys(), kids))
+    items = dict(zip(orig.keys(), kids, strict=True))
     if isinstance(orig, collections.defaultdict):
         return type(orig)(orig.default_factory, items)
     return type(orig)(items)
@@ -149,7 +149,7 @@ def _unflatten_fields(orig: Any, aux: Any, kids: list[Any]) -> Any:
     # A shallow copy keeps non-field state and init=False fields; object.__setattr__ works for
     # frozen dataclasses and slotted attrs classes alike, and __init__/__post_init__ do not rerun.
     new = _copy.copy(orig)
-    for name, value in zip(_field_names(type(orig)), kids):
+    for name, value in zip(_field_names(type(orig)), kids, strict=True):
         object.__setattr__(new, name, value)
     return new
 

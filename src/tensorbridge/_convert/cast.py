@@ -45,10 +45,11 @@ def _limits(dt: np.dtype[Any]) -> _Limits:
         return _Limits(float(info.min), float(info.max), True, False, False)
     if dt.kind == "c":
         dt = np.dtype(f"f{dt.itemsize // 2}")
-    info = ml_dtypes.finfo(dt) if dt.kind == "V" else np.finfo(dt)
+    finder: Any = ml_dtypes.finfo if dt.kind == "V" else np.finfo
+    finfo: Any = finder(dt)
     with np.errstate(all="ignore"):
         special = np.array([np.nan, np.inf], np.float32).astype(dt).astype(np.float32)
-    return _Limits(float(info.min), float(info.max), False,
+    return _Limits(float(finfo.min), float(finfo.max), False,
                    bool(np.isnan(special[0])), bool(np.isinf(special[1])))
 
 

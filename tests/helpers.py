@@ -1,0 +1,39 @@
+"""Shared test helpers: random bit patterns per dtype row and bit-exact comparison."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+import tensorbridge as tb
+from tensorbridge.dtypes import DtypeRow
+
+EXACT_ROWS = [row for row in tb.ROWS if row.exact]
+ALL_ROWS = list(tb.ROWS)
+
+
+def random_bits(row: DtypeRow, shape: tuple[int, ...], seed: int = 0) -> np.ndarray[Any, Any]:
+    """Every bit pattern is fair game (NaN payloads, subnormals, -0.0), except for bool."""
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(shape, dtype=np.int64))
+    if row.numpy.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(np.bool_)
+    raw = rng.integers(0, 256, size=n * row.numpy.itemsize, dtype=np.uint8)
+    return raw.view(row.numpy).reshape(shape)
+
+
+def bits(a: np.ndarray[Any, Any]) -> bytes:
+    """The values' bytes in logical C order and native byte order."""
+    native = a.astype(a.dtype.newbyteorder("="), copy=False) if not a.dtype.isnative else a
+    return np.ascontiguousarray(native).tobytes()
+
+
+def quiet_tensor(fn: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Build a tensor whose dtype torch warns about (complex32 is 'experimental')."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out: torch.Tensor = fn(*args, **kwargs)
+        return out

@@ -1,0 +1,353 @@
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import tensorbridge as tb
+
+from .helpers import EXACT_ROWS, bits, random_bits
+
+
+def shares(t: torch.Tensor, a: np.ndarray[Any, Any]) -> bool:
+    """Whether the tensor's memory overlaps the array's, proven through tensorbridge's own view."""
+    return bool(np.shares_memory(tb.to_numpy(t), a))
+
+
+@pytest.mark.parametrize("row", EXACT_ROWS, ids=lambda r: r.name)
+def test_every_dtype_is_zero_copy_and_bit_exact(row: tb.dtypes.DtypeRow) -> None:
+    a = random_bits(row, (3, 5), seed=1)
+    t = tb.to_tensor(a)
+    assert t.dtype is row.torch
+    assert tuple(t.shape) == a.shape
+    assert t.stride() == tuple(s // a.itemsize for s in a.strides)
+    assert t.data_ptr() == a.ctypes.data
+    assert bits(tb.to_numpy(t)) == bits(a)
+
+
+@pytest.mark.parametrize("row", EXACT_ROWS, ids=lambda r: r.name)
+def test_zero_copy_is_proven_by_mutation(row: tb.dtypes.DtypeRow) -> None:
+    a = random_bits(row, (4,), seed=2)
+    t = tb.to_tensor(a)
+    a.view(np.uint8)[: a.itemsize] = 1 if row.name == "bool" else 0x3C  # write through the array
+    expected = a[:1].copy()
+    assert bits(tb.to_numpy(t)[:1]) == bits(expected)
+
+
+def test_negative_strides_copy_with_correct_values() -> None:
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    rgb = img[:, :, ::-1]  # the OpenCV BGR -> RGB flip
+    with pytest.raises(ValueError):
+        torch.from_numpy(rgb)
+    t = tb.to_tensor(rgb)
+    assert t.tolist() == rgb.tolist()
+    assert not shares(t, img)
+    assert not tb.explain(rgb).shares_memory
+
+
+def test_negative_stride_on_size_one_axis_is_shared() -> None:
+    a = np.arange(3.0).reshape(1, 3)[::-1]
+    assert a.strides[0] < 0
+    assert np.ascontiguousarray(a).strides[0] < 0  # NumPy leaves it behind
+    with pytest.raises(ValueError):
+        torch.from_numpy(a)
+    t = tb.to_tensor(a)
+    assert t.tolist() == [[0.0, 1.0, 2.0]]
+    assert shares(t, a)
+    assert tb.explain(a).shares_memory
+
+
+def test_empty_array_with_negative_strides() -> None:
+    a = np.zeros((0, 3))[:, ::-1]
+    t = tb.to_tensor(a)
+    assert tuple(t.shape) == (0, 3)
+
+
+@pytest.mark.parametrize("row", [r for r in EXACT_ROWS if r.numpy.itemsize > 1 and r.carrier is None],
+                         ids=lambda r: r.name)
+def test_big_endian_is_byteswapped_exactly(row: tb.dtypes.DtypeRow) -> None:
+    native = random_bits(row, (6,), seed=3)
+    big = native.astype(native.dtype.newbyteorder(">"))
+    t = tb.to_tensor(big)
+    assert t.dtype is row.torch
+    assert bits(tb.to_numpy(t)) == bits(native)
+
+
+def test_zero_strides_share_memory() -> None:
+    base = np.arange(3, dtype=np.float32)
+    b = np.broadcast_to(base, (4, 3))  # read-only, stride 0
+    t = tb.to_tensor(b, copy=False)
+    assert t.stride() == (0, 1)
+    assert t.tolist() == b.tolist()
+    fresh = tb.to_tensor(b)  # read-only -> copied so writes are safe
+    assert fresh.tolist() == b.tolist()
+    fresh += 1
+    assert base.tolist() == [0, 1, 2]
+
+
+def test_writable_zero_strides_share() -> None:
+    base = np.arange(3, dtype=np.float32)
+    b = np.lib.stride_tricks.as_strided(base, (4, 3), (0, 4))
+    t = tb.to_tensor(b)
+    assert t.stride() == (0, 1)
+    assert shares(t, base)
+
+
+@pytest.mark.parametrize("view", [
+    lambda a: a[::2, 1:],
+    lambda a: a.T,
+    lambda a: np.asfortranarray(a),
+    lambda a: a[1],
+    lambda a: a.reshape(2, 3, 4).transpose(2, 0, 1),
+])
+def test_views_keep_strides_and_share(view: Any) -> None:
+    a = np.arange(24, dtype=np.int32).reshape(4, 6)
+    v = view(a)
+    t = tb.to_tensor(v)
+    assert t.stride() == tuple(s // 4 for s in v.strides)
+    assert t.tolist() == v.tolist()
+    assert shares(t, v)
+
+
+def test_zero_d_and_scalars() -> None:
+    t = tb.to_tensor(np.array(3.5))
+    assert t.shape == () and t.item() == 3.5
+    for scalar in (np.float32(1.25), np.int8(-3), np.bool_(True), np.complex64(1 + 2j),
+                   ml_dtypes.bfloat16(1.5)):
+        t = tb.to_tensor(scalar)
+        assert t.shape == ()
+        assert t.dtype is tb.torch_dtype(np.asarray(scalar).dtype)
+        assert bits(tb.to_numpy(t)) == bits(np.asarray(scalar))
+    assert not tb.explain(np.float32(1)).shares_memory
+    with pytest.raises(tb.CopyRefusedError):
+        tb.to_tensor(np.float32(1), copy=False)
+
+
+def test_readonly_array_is_copied_without_warning() -> None:
+    a = np.frombuffer(b"\x00\x00\x80\x3f" * 4, dtype=np.float32)
+    assert not a.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = tb.to_tensor(a)
+    t += 1  # safe: the tensor owns its memory
+    assert a.tolist() == [1.0] * 4
+    assert t.tolist() == [2.0] * 4
+    assert not tb.explain(a).shares_memory
+
+
+def test_readonly_array_shares_with_copy_false() -> None:
+    a = np.frombuffer(bytes(16), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = tb.to_tensor(a, copy=False)
+    assert t.data_ptr() == a.ctypes.data
+    assert tb.explain(a, copy=False).shares_memory
+
+
+def test_readonly_memmap_is_copied(tmp_path: Any) -> None:
+    path = tmp_path / "x.npy"
+    np.save(path, np.arange(10, dtype=np.float64))
+    m = np.load(path, mmap_mode="r")
+    t = tb.to_tensor(m)
+    t.mul_(2)  # would write into a read-only mapping if shared
+    assert np.load(path).tolist() == list(range(10))
+    assert t.tolist() == [2.0 * i for i in range(10)]
+
+
+def test_copy_true_gives_fresh_memory() -> None:
+    a = np.arange(4.0)
+    t = tb.to_tensor(a, copy=True)
+    assert not shares(t, a)
+    t += 1
+    assert a.tolist() == [0, 1, 2, 3]
+
+
+def test_copy_false_refuses_each_copy() -> None:
+    a = np.arange(6.0).reshape(2, 3)
+    for bad, match in [(a[:, ::-1], "negative strides"), (a.astype(">f8"), "byte order")]:
+        with pytest.raises(tb.CopyRefusedError, match=match) as info:
+            tb.to_tensor({"x": [bad]}, copy=False)
+        assert isinstance(info.value, ValueError)
+        assert "data['x'][0]" in str(info.value)
+        assert "copy=None" in str(info.value)
+    with pytest.raises(tb.CopyRefusedError, match="cast"):
+        tb.to_tensor(a, dtype=torch.float32, copy=False)
+    assert tb.to_tensor(a, copy=False).data_ptr() == a.ctypes.data
+
+
+def test_masked_arrays_raise_with_the_fix() -> None:
+    m = np.ma.masked_array([1.0, 2.0, 3.0], mask=[0, 1, 0])
+    with pytest.raises(tb.UnsupportedError, match=r"mask would be lost \(1 of 3.*filled") as info:
+        tb.to_tensor({"batch": {"y": m}})
+    assert info.value.path == "data['batch']['y']"
+    assert isinstance(info.value, TypeError)
+
+
+@pytest.mark.parametrize(("arr", "match"), [
+    (np.array([object()]), "object"),
+    (np.array(["a"]), "strings"),
+    (np.array([b"a"]), "bytes"),
+    (np.array(["2020-01-01"], dtype="datetime64[D]"), "datetime"),
+    (np.array([1], dtype="timedelta64[s]"), "timedelta"),
+    (np.zeros(2, dtype=[("a", "i4"), ("b", "f4")]), "structured"),
+    (np.zeros(2, dtype="V3"), "void"),
+    (np.zeros(2, dtype=np.longdouble), "longdouble|float128|precision"),
+    (np.zeros(2, dtype=np.clongdouble), "complex|precision"),
+])
+def test_unsupported_dtypes_raise_type_error(arr: np.ndarray[Any, Any], match: str) -> None:
+    with pytest.raises(TypeError, match=match) as info:
+        tb.to_tensor([arr])
+    assert isinstance(info.value, tb.ConversionError)
+    assert info.value.path == "data[0]"
+
+
+def test_longdouble_with_explicit_dtype_is_honoured() -> None:
+    a = np.array([1.5, -2.25, 1e300], dtype=np.longdouble)
+    t = tb.to_tensor(a, dtype=torch.float64)
+    assert t.dtype is torch.float64
+    assert t.tolist() == [1.5, -2.25, 1e300]
+    c = np.array([1 + 2j], dtype=np.clongdouble)
+    assert tb.to_tensor(c, dtype="complex128").tolist() == [1 + 2j]
+
+
+def test_longdouble_that_does_not_fit_float64_raises() -> None:
+    big = np.array([np.finfo(np.longdouble).max], dtype=np.longdouble)
+    if np.finfo(np.longdouble).max <= np.finfo(np.float64).max:
+        pytest.skip("longdouble is float64 on this platform")
+    with pytest.raises(tb.ValueRangeError, match="does not fit float64"):
+        tb.to_tensor(big, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(("values", "dtype", "match"), [
+    ([300], torch.uint8, "value 300 does not fit uint8"),
+    ([-1], torch.uint16, "value -1 does not fit uint16"),
+    ([2**40 + 3], torch.int32, "does not fit int32"),
+    ([1.0, float("nan")], torch.int64, "NaN cannot be represented"),
+    ([float("inf")], torch.int8, "infinity"),
+    ([1e300], torch.float32, "does not fit float32"),
+    ([70000.0], torch.float16, "does not fit float16"),
+    ([1000.0], torch.float8_e4m3fn, "does not fit float8_e4m3fn"),
+    ([float("inf")], torch.float8_e4m3fn, "infinity cannot be represented"),
+    ([1 + 1j], torch.float64, "imaginary part"),
+    ([-1.5], torch.float8_e8m0fnu, "does not fit float8_e8m0fnu"),
+])
+def test_casts_that_change_values_raise(values: list[Any], dtype: torch.dtype, match: str) -> None:
+    with pytest.raises(tb.ValueRangeError, match=match) as info:
+        tb.to_tensor({"w": np.array(values)}, dtype=dtype)
+    assert info.value.path == "data['w']"
+
+
+@pytest.mark.parametrize(("values", "dtype"), [
+    ([255, 0], torch.uint8),
+    ([1.5, float("nan"), float("inf"), -float("inf")], torch.float32),
+    ([1.7, -2.9], torch.int8),  # truncation toward zero, as the dtype asks
+    ([1 + 0j], torch.float32),
+    ([3, -4], torch.float16),
+    ([0.1], torch.bfloat16),
+    ([2.0**62], torch.int64),
+])
+def test_casts_that_fit_succeed(values: list[Any], dtype: torch.dtype) -> None:
+    a = np.array(values)
+    t = tb.to_tensor(a, dtype=dtype)
+    assert t.dtype is dtype
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = torch.from_numpy(a.real if a.dtype.kind == "c" and not dtype.is_complex else a).to(dtype)
+    assert torch.equal(t, expected) or torch.allclose(t.double(), expected.double(), equal_nan=True)
+
+
+def test_checked_cast_works_across_chunks() -> None:
+    a = np.zeros(3_000_000, dtype=np.float64)
+    a[-1] = 1e39
+    with pytest.raises(tb.ValueRangeError, match="1e\\+39"):
+        tb.to_tensor(a, dtype=torch.float32)
+    a[-1] = 2.5
+    t = tb.to_tensor(a, dtype=torch.float32)
+    assert t[-1].item() == 2.5 and t[:-1].abs().sum().item() == 0
+
+
+def test_dtype_request_is_bit_exact_for_bfloat16() -> None:
+    a = np.array([1.0, 3.0, -0.5], dtype=np.float32)
+    t = tb.to_tensor(a, dtype="bfloat16")
+    assert t.dtype is torch.bfloat16
+    assert t.float().tolist() == [1.0, 3.0, -0.5]
+
+
+def test_requires_grad_gives_a_leaf() -> None:
+    a = np.arange(3, dtype=np.float32)
+    t = tb.to_tensor(a, requires_grad=True)
+    assert t.requires_grad and t.is_leaf
+    (t * 2).sum().backward()
+    assert t.grad is not None and t.grad.tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(tb.UnsupportedError, match="float or complex"):
+        tb.to_tensor(np.arange(3), requires_grad=True)
+
+
+def test_pin_memory_without_cuda_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        t = tb.to_tensor(np.ones(3), pin_memory=True)
+        assert t.is_pinned()
+        return
+    with pytest.raises(tb.DeviceError, match="pin_memory=True needs CUDA") as info:
+        tb.to_tensor(np.ones(3), pin_memory=True)
+    assert isinstance(info.value, RuntimeError)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_device_without_cuda_is_a_clear_error() -> None:
+    with pytest.raises(tb.DeviceError, match="CUDA is not available") as info:
+        tb.to_tensor({"x": np.ones(3)}, device="cuda")
+    assert info.value.path == "data['x']"
+
+
+def test_bad_device_and_copy_values() -> None:
+    with pytest.raises(tb.DeviceError, match="not a device"):
+        tb.to_tensor(np.ones(2), device="warp-drive")
+    with pytest.raises(TypeError, match="copy must be"):
+        tb.to_tensor(np.ones(2), copy="yes")  # type: ignore[arg-type]
+
+
+def test_device_cpu_is_zero_copy() -> None:
+    a = np.ones(3)
+    assert tb.to_tensor(a, device="cpu").data_ptr() == a.ctypes.data
+    assert tb.to_tensor(a, device=torch.device("cpu"), dtype=np.float64).data_ptr() == a.ctypes.data
+
+
+def test_tensor_input_returned_unless_asked() -> None:
+    t = torch.arange(3)
+    assert tb.to_tensor(t) is t
+    assert tb.to_tensor(t, dtype=torch.float32).dtype is torch.float32
+    c = tb.to_tensor(t, copy=True)
+    assert c.data_ptr() != t.data_ptr() and torch.equal(c, t)
+    f = torch.ones(2)
+    g = tb.to_tensor(f, requires_grad=True)
+    assert g.requires_grad and g.is_leaf and not f.requires_grad  # the caller's tensor is untouched
+    with pytest.raises(tb.ValueRangeError):
+        tb.to_tensor(torch.tensor([300]), dtype=torch.uint8)
+
+
+def test_unaligned_and_odd_buffers() -> None:
+    raw = bytearray(17)
+    a = np.ndarray((4,), np.float32, buffer=raw, offset=1)
+    a[:] = [1, 2, 3, 4]
+    assert tb.to_tensor(a).tolist() == [1, 2, 3, 4]
+    loaded = np.load(io.BytesIO(_npy_bytes(np.arange(5, dtype=">i8"))))
+    assert tb.to_tensor(loaded).tolist() == list(range(5))
+
+
+def _npy_bytes(a: np.ndarray[Any, Any]) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def test_python_leaves_pass_through() -> None:
+    data = {"n": 3, "s": "text", "none": None, "f": 1.5, "b": b"raw", "arr": np.ones(1)}
+    out = tb.to_tensor(data)
+    assert out["n"] == 3 and out["s"] == "text" and out["none"] is None and out["b"] == b"raw"
+    assert isinstance(out["arr"], torch.Tensor)
