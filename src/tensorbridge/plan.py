@@ -111,7 +111,10 @@ def describe_array(a: np.ndarray[Any, Any] | np.generic) -> str:
 
 def describe_tensor(t: torch.Tensor) -> str:
     """Describe a tensor leaf for plans and messages."""
-    bits = [str(t.dtype).removeprefix("torch."), f"shape {tuple(t.shape)}", f"on {t.device}"]
+    if t.is_nested:  # a nested tensor has no single shape to print
+        bits = [str(t.dtype).removeprefix("torch."), f"{t.size(0)} nested components", f"on {t.device}"]
+    else:
+        bits = [str(t.dtype).removeprefix("torch."), f"shape {tuple(t.shape)}", f"on {t.device}"]
     if t.layout == torch.strided and not t.is_nested:
         bits.insert(2, f"strides {t.stride()}")
     if t.layout != torch.strided:

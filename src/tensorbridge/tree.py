@@ -110,7 +110,12 @@ def _unflatten_mapping(orig: Any, aux: Any, kids: list[Any]) -> Any:
     items = dict(zip(orig.keys(), kids, strict=True))
     if isinstance(orig, collections.defaultdict):
         return type(orig)(orig.default_factory, items)
-    return type(orig)(items)
+    new = type(orig)(items)
+    # A subclass whose constructor takes other arguments can build an empty or different
+    # mapping without complaint; never hand that back as the converted data.
+    if len(new) != len(items) or any(k not in new for k in items):
+        raise TypeError(f"{type(orig).__name__}(dict) did not rebuild the same keys")
+    return new
 
 
 def _flatten_seq(s: Iterable[Any]) -> tuple[list[Any], range, None]:

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import collections
+import dataclasses
+import subprocess
+import sys
+from typing import Any, NamedTuple
+
+import attrs
+import numpy as np
+import pytest
+import torch
+
+import tensorbridge as tb
+
+
+class Point(NamedTuple):
+    x: Any
+    y: Any
+
+
+@dataclasses.dataclass
+class Sample:
+    image: Any
+    label: Any
+    note: str = "n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+    a: Any
+    b: Any = dataclasses.field(default=None)
+    c: int = dataclasses.field(default=0, init=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Slotted:
+    a: Any
+
+
+@attrs.define
+class AttrsBox:
+    x: Any
+    y: Any
+
+
+@attrs.frozen
+class AttrsFrozen:
+    x: Any
+
+
+def test_containers_keep_their_types() -> None:
+    arr = np.ones(2)
+    dd: collections.defaultdict[str, Any] = collections.defaultdict(list, {"a": arr})
+    data = {
+        "od": collections.OrderedDict([("z", arr), ("a", arr)]),
+        "dd": dd,
+        "list": [arr, (arr, arr)],
+        "nt": Point(arr, 3),
+        "deque": collections.deque([arr], maxlen=4),
+        "dc": Sample(arr, np.int64(3)),
+        "frozen": Frozen(arr),
+        "slotted": Slotted(arr),
+        "attrs": AttrsBox(arr, [arr]),
+        "attrs_frozen": AttrsFrozen(arr),
+    }
+    out = tb.to_tensor(data)
+    assert type(out["od"]) is collections.OrderedDict and list(out["od"]) == ["z", "a"]
+    assert type(out["dd"]) is collections.defaultdict and out["dd"].default_factory is list
+    assert type(out["list"][1]) is tuple
+    assert type(out["nt"]) is Point and out["nt"].y == 3
+    assert type(out["deque"]) is collections.deque and out["deque"].maxlen == 4
+    assert type(out["dc"]) is Sample and out["dc"].note == "n"
+    assert isinstance(out["dc"].label, torch.Tensor)
+    assert type(out["frozen"]) is Frozen and isinstance(out["frozen"].a, torch.Tensor)
+    assert isinstance(out["slotted"].a, torch.Tensor)
+    assert isinstance(out["attrs"].y[0], torch.Tensor)
+    assert isinstance(out["attrs_frozen"].x, torch.Tensor)
+    back = tb.to_numpy(out)
+    assert isinstance(back["attrs"].x, np.ndarray) and isinstance(back["nt"].x, np.ndarray)
+
+
+def test_callers_containers_are_not_mutated() -> None:
+    arr = np.ones(2)
+    inner = [arr]
+    sample = Sample(arr, inner)
+    data = {"s": sample, "t": (inner,)}
+    out = tb.to_tensor(data)
+    assert data["s"] is sample and sample.image is arr and sample.label is inner and inner[0] is arr
+    assert out["s"] is not sample and out["t"][0] is not inner
+
+
+def test_deep_nesting_needs_no_recursion() -> None:
+    data: Any = np.ones(1)
+    for _ in range(sys.getrecursionlimit() * 3):
+        data = [data]
+    out = tb.to_tensor(data)
+    depth = 0
+    while isinstance(out, list):
+        out = out[0]
+        depth += 1
+    assert depth == sys.getrecursionlimit() * 3 and isinstance(out, torch.Tensor)
+
+
+def test_cycles_raise_structure_error() -> None:
+    data: list[Any] = [np.ones(1)]
+    data.append({"back": data})
+    with pytest.raises(tb.StructureError, match="contains itself") as info:
+        tb.to_tensor(data)
+    assert info.value.path == "data[1]['back']"
+    assert isinstance(info.value, ValueError)
+
+
+def test_shared_subtrees_are_not_cycles() -> None:
+    shared = [np.ones(1)]
+    out = tb.to_tensor({"a": shared, "b": shared})
+    assert torch.equal(out["a"][0], out["b"][0])
+
+
+def test_key_paths_in_errors() -> None:
+    batch = {"images": [np.ones(1)] * 3 + [np.array(["bad"])]}
+    with pytest.raises(tb.UnsupportedError) as info:
+        tb.to_tensor(batch)
+    assert str(info.value).startswith("to_tensor at data['images'][3]: dtype <U3")
+    with pytest.raises(tb.UnsupportedError) as info2:
+        tb.to_tensor(Sample(np.ones(1), Point(1, np.array([object()]))))
+    assert info2.value.path == "data.label.y"
+
+
+def test_register_container() -> None:
+    class Box:
+        def __init__(self, items: list[Any], tag: str) -> None:
+            self.items, self.tag = items, tag
+
+    tb.register_container(Box, lambda b: (b.items, range(len(b.items)), b.tag),
+                          lambda orig, tag, kids: Box(kids, tag), key_style="index")
+    out = tb.to_tensor({"box": Box([np.ones(1), np.zeros(1)], "t")})
+    assert type(out["box"]) is Box and out["box"].tag == "t"
+    assert isinstance(out["box"].items[1], torch.Tensor)
+    with pytest.raises(TypeError):
+        tb.register_container("not a type", len, len)  # type: ignore[arg-type]
+
+
+def test_unrebuildable_mapping_is_a_structure_error() -> None:
+    class Picky(collections.UserDict[str, Any]):
+        def __init__(self, required: int, data: Any = None) -> None:
+            super().__init__(data or {})
+
+    with pytest.raises(tb.StructureError, match="register_container"):
+        tb.to_tensor(Picky(1, {"a": np.ones(1)}))
+
+
+def test_sets_strings_and_bytes_are_leaves() -> None:
+    data = {"s": "abc", "b": b"xy", "fs": frozenset({1})}
+    assert tb.to_tensor(data) == data
+
+
+def test_import_loads_no_optional_framework() -> None:
+    code = ("import sys, tensorbridge; bad = [m for m in ('attrs', 'jax', 'pandas', 'scipy', 'cupy') "
+            "if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
