@@ -24,10 +24,10 @@ def _scalar(x: Leaf, step: Step, path: str) -> Leaf:
 
 
 def _restride(a: np.ndarray[Any, Any], step: Step, path: str) -> np.ndarray[Any, Any]:
-    # A stride on an axis of size <= 1 (or of an empty array) is never used to address memory,
-    # so any non-negative value gives the same view.
-    strides = tuple(0 if s < 0 else s for s in a.strides)
-    return np.lib.stride_tricks.as_strided(a, a.shape, strides, writeable=a.flags.writeable)
+    # A stride on an axis of size <= 1 (or of an empty array) is never used to address memory.
+    # Reversing such an axis flips the stride's sign and, for a size-1 axis, leaves the data
+    # pointer where it was: the same view with non-negative strides (any dtype, any NumPy).
+    return a[tuple(slice(None, None, -1) if s < 0 else slice(None) for s in a.strides)]
 
 
 def _numpy_copy(a: np.ndarray[Any, Any], step: Step, path: str) -> np.ndarray[Any, Any]:
