@@ -70,7 +70,7 @@ def test_explain_tells_the_truth_about_memory(row: tb.dtypes.DtypeRow, shape: tu
     try:
         t = tb.to_tensor(a, copy=copy)
     except tb.CopyRefusedError:
-        assert copy is False and not plan.shares_memory or plan.plans[0].error is not None
+        assert (copy is False and not plan.shares_memory) or plan.plans[0].error is not None
         return
     assert copy is not False or plan.shares_memory
     if isinstance(a, np.ndarray) and a.size:

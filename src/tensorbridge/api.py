@@ -233,9 +233,13 @@ def explain(data: Any, to: Literal["tensor", "numpy"] = "tensor", **options: Any
     """
     leaves = iter_leaves(data, _is_leaf)
     if to == "tensor":
-        t_opts = normalize_to_tensor(options.pop("dtype", None), options.pop("device", None),
-                                     options.pop("copy", None), options.pop("requires_grad", False),
-                                     options.pop("pin_memory", False))
+        t_opts = normalize_to_tensor(
+            options.pop("dtype", None),
+            options.pop("device", None),
+            options.pop("copy", None),
+            options.pop("requires_grad", False),
+            options.pop("pin_memory", False),
+        )
         _no_more(options)
         plans = tuple(_plan_tensor(x, t_opts, format_path(p)) for p, x in leaves)
     elif to == "numpy":
@@ -249,8 +253,12 @@ def explain(data: Any, to: Literal["tensor", "numpy"] = "tensor", **options: Any
 
 def _no_more(options: dict[str, Any]) -> None:
     if options:
-        raise UnsupportedError("explain", "options", f"unknown option(s) {sorted(options)}",
-                               "Pass only the options the conversion itself takes")
+        raise UnsupportedError(
+            "explain",
+            "options",
+            f"unknown option(s) {sorted(options)}",
+            "Pass only the options the conversion itself takes",
+        )
 
 
 def stack(items: Sequence[Any], dtype: object = None, device: object = None, *, dim: int = 0) -> torch.Tensor:
@@ -277,21 +285,35 @@ def stack(items: Sequence[Any], dtype: object = None, device: object = None, *, 
     """
     items = list(items)
     if not items:
-        raise StructureError("stack", "items", "there are no items, so the shape is unknown",
-                             "Use torch.empty((0, *shape)) for an empty batch")
+        raise StructureError(
+            "stack",
+            "items",
+            "there are no items, so the shape is unknown",
+            "Use torch.empty((0, *shape)) for an empty batch",
+        )
     tensors = [to_tensor(x, dtype) if dtype is not None else to_tensor(x) for x in items]
     first = tensors[0]
     if not isinstance(first, _Tensor):
-        raise UnsupportedError("stack", "items[0]", f"{type(items[0]).__name__} is not an array or tensor",
-                               "Pass NumPy arrays, NumPy scalars or tensors")
+        raise UnsupportedError(
+            "stack",
+            "items[0]",
+            f"{type(items[0]).__name__} is not an array or tensor",
+            "Pass NumPy arrays, NumPy scalars or tensors",
+        )
     for i, t in enumerate(tensors):
         if not isinstance(t, _Tensor):
-            raise UnsupportedError("stack", f"items[{i}]", f"{type(items[i]).__name__} is not an array or tensor",
-                                   "Pass NumPy arrays, NumPy scalars or tensors")
+            raise UnsupportedError(
+                "stack",
+                f"items[{i}]",
+                f"{type(items[i]).__name__} is not an array or tensor",
+                "Pass NumPy arrays, NumPy scalars or tensors",
+            )
         if t.shape != first.shape or t.dtype != first.dtype:
             raise StructureError(
-                "stack", f"items[{i}]",
+                "stack",
+                f"items[{i}]",
                 f"shape {tuple(t.shape)} dtype {t.dtype} differs from items[0] ({tuple(first.shape)} {first.dtype})",
-                "Resize the items to one shape, or pass dtype= to cast them all")
+                "Resize the items to one shape, or pass dtype= to cast them all",
+            )
     out = torch.stack(tensors, dim=dim)
     return out if device is None else to_tensor(out, device=device)

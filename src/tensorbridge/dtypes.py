@@ -164,8 +164,11 @@ def _lookup(x: object) -> DtypeRow | np.dtype[Any] | torch.dtype:
     if isinstance(x, str):
         row = _row_from_string(x)
         if row is None:
-            raise _unsupported(x, "names no dtype that both NumPy and torch can hold",
-                               "Use a name such as 'float32', 'bfloat16' or 'int64'")
+            raise _unsupported(
+                x,
+                "names no dtype that both NumPy and torch can hold",
+                "Use a name such as 'float32', 'bfloat16' or 'int64'",
+            )
         return row
     if isinstance(x, type) and x in _PY_TYPES:
         return _BY_NAME[_PY_TYPES[x]]
@@ -199,8 +202,9 @@ def torch_dtype(x: object) -> torch.dtype:
         return found.torch
     if isinstance(found, torch.dtype):
         return found
-    raise _unsupported(x, f"(NumPy dtype {found}) has no torch equivalent",
-                       "Cast the data to a dtype torch has, e.g. float64")
+    raise _unsupported(
+        x, f"(NumPy dtype {found}) has no torch equivalent", "Cast the data to a dtype torch has, e.g. float64"
+    )
 
 
 def numpy_dtype(x: object) -> np.dtype[Any]:
@@ -225,6 +229,7 @@ def numpy_dtype(x: object) -> np.dtype[Any]:
     if isinstance(found, DtypeRow):
         return found.numpy
     if isinstance(found, torch.dtype):
-        raise _unsupported(x, "has no NumPy counterpart",
-                           "Convert the tensor to a dtype NumPy can hold first, e.g. float32")
+        raise _unsupported(
+            x, "has no NumPy counterpart", "Convert the tensor to a dtype NumPy can hold first, e.g. float32"
+        )
     return found.newbyteorder("=") if found.byteorder not in "=|" else found

@@ -20,14 +20,38 @@ from .errors import ConversionError, CopyRefusedError, DeviceError, UnsupportedE
 __all__ = ["Plan", "Step", "ToNumpyOptions", "ToTensorOptions", "plan_to_numpy", "plan_to_tensor"]
 
 StepKind = Literal[
-    "scalar", "restride", "numpy_copy", "numpy_cast", "share", "share_readonly",
-    "detach", "resolve_conj", "resolve_neg", "to_host", "cast", "to_device", "pin", "clone",
-    "requires_grad", "to_numpy",
+    "scalar",
+    "restride",
+    "numpy_copy",
+    "numpy_cast",
+    "share",
+    "share_readonly",
+    "detach",
+    "resolve_conj",
+    "resolve_neg",
+    "to_host",
+    "cast",
+    "to_device",
+    "pin",
+    "clone",
+    "requires_grad",
+    "to_numpy",
 ]
 # Which steps produce fresh memory. Every other step is a view of its input.
 COPYING: Final[frozenset[str]] = frozenset(
-    {"scalar", "numpy_copy", "numpy_cast", "to_host", "resolve_conj", "resolve_neg", "cast",
-     "to_device", "pin", "clone"})
+    {
+        "scalar",
+        "numpy_copy",
+        "numpy_cast",
+        "to_host",
+        "resolve_conj",
+        "resolve_neg",
+        "cast",
+        "to_device",
+        "pin",
+        "clone",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -131,16 +155,18 @@ def describe_tensor(t: torch.Tensor) -> str:
 # --- NumPy -> torch -------------------------------------------------------------------------
 
 _KIND_FIX: Final = {
-    "O": ("object arrays hold Python objects, not numbers",
-          "Build a numeric array first, e.g. np.asarray(a.tolist(), dtype=np.float32)"),
+    "O": (
+        "object arrays hold Python objects, not numbers",
+        "Build a numeric array first, e.g. np.asarray(a.tolist(), dtype=np.float32)",
+    ),
     "U": ("tensors cannot hold strings", "Encode the strings to numbers (e.g. a vocabulary index) first"),
     "S": ("tensors cannot hold bytes strings", "Decode or encode them to numbers first"),
-    "M": ("torch has no datetime dtype",
-          "Convert explicitly, e.g. a.astype('datetime64[ns]').view(np.int64)"),
-    "m": ("torch has no timedelta dtype",
-          "Convert explicitly, e.g. a.astype('timedelta64[ns]').view(np.int64)"),
-    "V": ("structured and void arrays have no tensor equivalent",
-          "Convert each field separately: {name: a[name] for name in a.dtype.names}"),
+    "M": ("torch has no datetime dtype", "Convert explicitly, e.g. a.astype('datetime64[ns]').view(np.int64)"),
+    "m": ("torch has no timedelta dtype", "Convert explicitly, e.g. a.astype('timedelta64[ns]').view(np.int64)"),
+    "V": (
+        "structured and void arrays have no tensor equivalent",
+        "Convert each field separately: {name: a[name] for name in a.dtype.names}",
+    ),
 }
 
 
@@ -149,8 +175,11 @@ def _dtype_error(dt: np.dtype[Any], path: str) -> UnsupportedError:
         why, fix = _KIND_FIX[dt.kind]
         return UnsupportedError("to_tensor", path, f"dtype {dt} is not supported: {why}", fix)
     return UnsupportedError(
-        "to_tensor", path, f"dtype {dt} has no torch equivalent and converting would lose precision",
-        "Pass dtype=torch.float64 (or complex128) to accept the rounding, or cast with a.astype first")
+        "to_tensor",
+        path,
+        f"dtype {dt} has no torch equivalent and converting would lose precision",
+        "Pass dtype=torch.float64 (or complex128) to accept the rounding, or cast with a.astype first",
+    )
 
 
 def _negative_strides(a: np.ndarray[Any, Any]) -> tuple[bool, bool]:
@@ -172,16 +201,28 @@ def _device_steps(opts: ToTensorOptions, current: torch.device, path: str) -> li
     steps = []
     if opts.device is not None and _needs_device(opts.device, current):
         if opts.device.type == "cuda" and not torch.cuda.is_available():
-            raise DeviceError("to_tensor", path, f"device {opts.device} was asked for but CUDA is not available "
-                              f"(torch {torch.__version__})", "Use device='cpu', or install a CUDA build of torch")
+            raise DeviceError(
+                "to_tensor",
+                path,
+                f"device {opts.device} was asked for but CUDA is not available (torch {torch.__version__})",
+                "Use device='cpu', or install a CUDA build of torch",
+            )
         steps.append(Step("to_device", f"to {opts.device}", opts.device))
     if opts.pin_memory:
         if opts.device is not None and opts.device.type != "cpu":
-            raise DeviceError("to_tensor", path, f"pin_memory=True asks for pinned host memory, but device is "
-                              f"{opts.device}", "Drop pin_memory, or leave device unset")
+            raise DeviceError(
+                "to_tensor",
+                path,
+                f"pin_memory=True asks for pinned host memory, but device is {opts.device}",
+                "Drop pin_memory, or leave device unset",
+            )
         if not torch.cuda.is_available():
-            raise DeviceError("to_tensor", path, "pin_memory=True needs CUDA, which is not available",
-                              "Drop pin_memory=True on machines without a GPU")
+            raise DeviceError(
+                "to_tensor",
+                path,
+                "pin_memory=True needs CUDA, which is not available",
+                "Drop pin_memory=True on machines without a GPU",
+            )
         steps.append(Step("pin", "page-locked host memory for fast GPU copies"))
     return steps
 
@@ -194,18 +235,21 @@ def plan_to_tensor(leaf: np.ndarray[Any, Any] | np.generic, opts: ToTensorOption
     except ConversionError as err:
         return Plan(path, source, "torch.Tensor", (), err)
     device = opts.device or torch.device("cpu")
-    return Plan(path, source, f"torch.Tensor {str(target_dtype).removeprefix('torch.')} on {device}",
-                tuple(steps))
+    return Plan(path, source, f"torch.Tensor {str(target_dtype).removeprefix('torch.')} on {device}", tuple(steps))
 
 
-def _steps_to_tensor(leaf: np.ndarray[Any, Any] | np.generic, opts: ToTensorOptions,
-                     path: str) -> tuple[list[Step], torch.dtype]:
+def _steps_to_tensor(
+    leaf: np.ndarray[Any, Any] | np.generic, opts: ToTensorOptions, path: str
+) -> tuple[list[Step], torch.dtype]:
     steps: list[Step] = []
     if isinstance(leaf, np.ma.MaskedArray):
         masked = int(np.ma.count_masked(leaf))  # type: ignore[no-untyped-call]  # NumPy leaves np.ma untyped
         raise UnsupportedError(
-            "to_tensor", path, f"a masked array's mask would be lost ({masked} of {leaf.size} values masked)",
-            "Pass a.filled(fill_value) for the data, or convert a.data and np.ma.getmaskarray(a) separately")
+            "to_tensor",
+            path,
+            f"a masked array's mask would be lost ({masked} of {leaf.size} values masked)",
+            "Pass a.filled(fill_value) for the data, or convert a.data and np.ma.getmaskarray(a) separately",
+        )
     fresh = isinstance(leaf, np.generic)
     if fresh:
         steps.append(Step("scalar", "a NumPy scalar has no shareable memory"))
@@ -239,8 +283,12 @@ def _steps_to_tensor(leaf: np.ndarray[Any, Any] | np.generic, opts: ToTensorOpti
     target = row.torch if opts.dtype is None else opts.dtype
     if opts.requires_grad:
         if not (target.is_floating_point or target.is_complex):
-            raise UnsupportedError("to_tensor", path, f"requires_grad=True needs a float or complex dtype, not "
-                                   f"{target}", "Pass dtype=torch.float32 as well, or drop requires_grad")
+            raise UnsupportedError(
+                "to_tensor",
+                path,
+                f"requires_grad=True needs a float or complex dtype, not {target}",
+                "Pass dtype=torch.float32 as well, or drop requires_grad",
+            )
         steps.append(Step("requires_grad", "a leaf tensor that records operations"))
     return steps, target
 
@@ -248,9 +296,12 @@ def _steps_to_tensor(leaf: np.ndarray[Any, Any] | np.generic, opts: ToTensorOpti
 def _finish(steps: list[Step], copy: bool | None, what: str, path: str) -> None:
     copies = [s for s in steps if s.kind in COPYING]
     if copy is False and copies:
-        raise CopyRefusedError(what, path, "copy=False, but the conversion must copy: "
-                               + "; ".join(str(s) for s in copies),
-                               "Pass copy=None to allow the copy, or fix the input's layout first")
+        raise CopyRefusedError(
+            what,
+            path,
+            "copy=False, but the conversion must copy: " + "; ".join(str(s) for s in copies),
+            "Pass copy=None to allow the copy, or fix the input's layout first",
+        )
     if copy is True and not copies:
         steps.append(Step("clone", "copy=True asks for fresh memory"))
 
@@ -258,14 +309,22 @@ def _finish(steps: list[Step], copy: bool | None, what: str, path: str) -> None:
 # --- torch -> NumPy -------------------------------------------------------------------------
 
 _LAYOUT_FIX: Final = {
-    "sparse": ("sparse tensors are not converted yet, and densifying silently could exhaust memory",
-               "Call t.to_dense() first if a dense array is what you want"),
-    "quantized": ("quantized tensors need a choice between dequantized floats and integer codes",
-                  "Call t.dequantize() for floats, or t.int_repr() with t.q_scale() and t.q_zero_point()"),
-    "nested": ("nested (jagged) tensors have no single array shape",
-               "Call t.unbind() for a list of tensors, or t.to_padded_tensor(0.0)"),
-    "meta": ("meta tensors have a shape but no data",
-             "Run the computation on a real device, or materialize with t.to_empty(device='cpu')"),
+    "sparse": (
+        "sparse tensors are not converted yet, and densifying silently could exhaust memory",
+        "Call t.to_dense() first if a dense array is what you want",
+    ),
+    "quantized": (
+        "quantized tensors need a choice between dequantized floats and integer codes",
+        "Call t.dequantize() for floats, or t.int_repr() with t.q_scale() and t.q_zero_point()",
+    ),
+    "nested": (
+        "nested (jagged) tensors have no single array shape",
+        "Call t.unbind() for a list of tensors, or t.to_padded_tensor(0.0)",
+    ),
+    "meta": (
+        "meta tensors have a shape but no data",
+        "Run the computation on a real device, or materialize with t.to_empty(device='cpu')",
+    ),
 }
 
 
@@ -281,13 +340,15 @@ def _layout_problem(t: torch.Tensor) -> str | None:
     return None
 
 
-def plan_to_numpy(leaf: torch.Tensor | np.ndarray[Any, Any] | np.generic, opts: ToNumpyOptions,
-                  path: str) -> Plan:
+def plan_to_numpy(leaf: torch.Tensor | np.ndarray[Any, Any] | np.generic, opts: ToNumpyOptions, path: str) -> Plan:
     """Plan converting a tensor (or a NumPy leaf, for dtype/copy) to a NumPy array."""
     source = describe_tensor(leaf) if isinstance(leaf, torch.Tensor) else describe_array(leaf)
     try:
-        steps, dt = (_steps_tensor_to_numpy(leaf, opts, path) if isinstance(leaf, torch.Tensor)
-                     else _steps_array_to_numpy(leaf, opts, path))
+        steps, dt = (
+            _steps_tensor_to_numpy(leaf, opts, path)
+            if isinstance(leaf, torch.Tensor)
+            else _steps_array_to_numpy(leaf, opts, path)
+        )
     except ConversionError as err:
         return Plan(path, source, "numpy.ndarray", (), err)
     return Plan(path, source, f"numpy.ndarray {dt}", tuple(steps))
@@ -301,8 +362,12 @@ def _steps_tensor_to_numpy(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> 
         raise UnsupportedError("to_numpy", path, f"{layout} tensor: {why}", fix)
     row = row_for_torch(t.dtype)
     if row is None:
-        raise UnsupportedError("to_numpy", path, f"dtype {t.dtype} has no NumPy counterpart",
-                               "Cast the tensor to a dtype NumPy can hold first, e.g. t.float()")
+        raise UnsupportedError(
+            "to_numpy",
+            path,
+            f"dtype {t.dtype} has no NumPy counterpart",
+            "Cast the tensor to a dtype NumPy can hold first, e.g. t.float()",
+        )
     steps: list[Step] = []
     if t.requires_grad:
         steps.append(Step("detach", "requires grad; the array shares the data, not the graph"))
@@ -335,8 +400,9 @@ def _steps_tensor_to_numpy(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> 
     return steps, target_np
 
 
-def _steps_array_to_numpy(a: np.ndarray[Any, Any] | np.generic, opts: ToNumpyOptions,
-                          path: str) -> tuple[list[Step], np.dtype[Any]]:
+def _steps_array_to_numpy(
+    a: np.ndarray[Any, Any] | np.generic, opts: ToNumpyOptions, path: str
+) -> tuple[list[Step], np.dtype[Any]]:
     steps: list[Step] = []
     if isinstance(a, np.generic):
         steps.append(Step("scalar", "a NumPy scalar becomes a 0-d array"))
@@ -348,31 +414,41 @@ def _steps_array_to_numpy(a: np.ndarray[Any, Any] | np.generic, opts: ToNumpyOpt
     return steps, dt
 
 
-def normalize_to_tensor(dtype: object, device: object, copy: bool | None, requires_grad: bool,
-                        pin_memory: bool) -> ToTensorOptions:
+def normalize_to_tensor(
+    dtype: object, device: object, copy: bool | None, requires_grad: bool, pin_memory: bool
+) -> ToTensorOptions:
     """Validate and normalize ``to_tensor``'s options."""
     tdt = None if dtype is None else torch_dtype(dtype)
     if tdt is not None and row_for_torch(tdt) is None:
-        raise UnsupportedError("to_tensor", "dtype", f"{tdt} cannot be produced from NumPy data",
-                               "Convert to a plain dtype first, then use torch's own API (e.g. quantize_per_tensor)")
+        raise UnsupportedError(
+            "to_tensor",
+            "dtype",
+            f"{tdt} cannot be produced from NumPy data",
+            "Convert to a plain dtype first, then use torch's own API (e.g. quantize_per_tensor)",
+        )
     try:
         dev = None if device is None else torch.device(device)  # type: ignore[call-overload]
     except (RuntimeError, TypeError) as err:
-        raise DeviceError("to_tensor", "device", f"{device!r} is not a device torch knows ({err})",
-                          "Pass 'cpu', 'cuda', 'cuda:1' or a torch.device") from err
+        raise DeviceError(
+            "to_tensor",
+            "device",
+            f"{device!r} is not a device torch knows ({err})",
+            "Pass 'cpu', 'cuda', 'cuda:1' or a torch.device",
+        ) from err
     if copy not in (None, True, False):
-        raise UnsupportedError("to_tensor", "copy", f"copy must be None, True or False, not {copy!r}",
-                               "Pass one of those")
+        raise UnsupportedError(
+            "to_tensor", "copy", f"copy must be None, True or False, not {copy!r}", "Pass one of those"
+        )
     return ToTensorOptions(tdt, dev, copy, bool(requires_grad), bool(pin_memory))
 
 
 def normalize_to_numpy(dtype: object, copy: bool | None) -> ToNumpyOptions:
     """Validate and normalize ``to_numpy``'s options."""
     if copy not in (None, True, False):
-        raise UnsupportedError("to_numpy", "copy", f"copy must be None, True or False, not {copy!r}",
-                               "Pass one of those")
+        raise UnsupportedError(
+            "to_numpy", "copy", f"copy must be None, True or False, not {copy!r}", "Pass one of those"
+        )
     return ToNumpyOptions(None if dtype is None else numpy_dtype(dtype), copy)
-
 
 
 def plan_tensor_to_tensor(t: torch.Tensor, opts: ToTensorOptions, path: str) -> Plan:
@@ -387,8 +463,12 @@ def plan_tensor_to_tensor(t: torch.Tensor, opts: ToTensorOptions, path: str) -> 
         _finish(steps, opts.copy, "to_tensor", path)
         if opts.requires_grad and not t.requires_grad:
             if not (target.is_floating_point or target.is_complex):
-                raise UnsupportedError("to_tensor", path, f"requires_grad=True needs a float or complex dtype, "
-                                       f"not {target}", "Pass dtype=torch.float32 as well, or drop requires_grad")
+                raise UnsupportedError(
+                    "to_tensor",
+                    path,
+                    f"requires_grad=True needs a float or complex dtype, not {target}",
+                    "Pass dtype=torch.float32 as well, or drop requires_grad",
+                )
             steps.append(Step("requires_grad", "a new leaf tensor; the input is not modified"))
     except ConversionError as err:
         return Plan(path, source, "torch.Tensor", (), err)

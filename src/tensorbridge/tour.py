@@ -98,8 +98,15 @@ class _Tour:
         if not self.quiet:
             print(text)
 
-    def stop(self, title: str, name: str, source: Any, to: Literal["tensor", "numpy"],
-             plain: Callable[[], object] | None = None, **options: Any) -> Any:
+    def stop(
+        self,
+        title: str,
+        name: str,
+        source: Any,
+        to: Literal["tensor", "numpy"],
+        plain: Callable[[], object] | None = None,
+        **options: Any,
+    ) -> Any:
         """Convert ``source`` with tensorbridge, check memory sharing against explain(), report."""
         args = "".join(f", {k}={v!r}" for k, v in options.items())
         result = (to_tensor if to == "tensor" else to_numpy)(source, **options)
@@ -125,11 +132,15 @@ def _gpu(tour: _Tour) -> None:
     eye = np.eye(3)
     if torch.cuda.is_available():
         on_gpu = tour.stop("NumPy -> GPU tensor (torch.from_numpy(x).to('cuda'))", "x", eye, "tensor", device="cuda")
-        tour.stop("GPU tensor -> NumPy (x.to('cpu').numpy())", "x_gpu", on_gpu, "numpy",
-                  plain=lambda: on_gpu.numpy())
+        tour.stop("GPU tensor -> NumPy (x.to('cpu').numpy())", "x_gpu", on_gpu, "numpy", plain=lambda: on_gpu.numpy())
         grad = torch.tensor([1, 2, 3, 4, 5], dtype=torch.float32, requires_grad=True).cuda()
-        tour.stop("GPU tensor with grad -> NumPy (tensor.detach().cpu().numpy())", "tensor", grad, "numpy",
-                  plain=lambda: grad.detach().numpy())
+        tour.stop(
+            "GPU tensor with grad -> NumPy (tensor.detach().cpu().numpy())",
+            "tensor",
+            grad,
+            "numpy",
+            plain=lambda: grad.detach().numpy(),
+        )
         return
     tour.say("\n== GPU examples: skipped, CUDA is not available on this machine")
     tour.say("   tb.to_tensor(x, device='cuda')")
@@ -160,17 +171,22 @@ def run_tour(quiet: bool = False) -> int:
     np_array = np.array([5, 7, 1, 2, 4, 4])
     tour.say(f"\nnp_array = np.array([5, 7, 1, 2, 4, 4])  # dtype {np_array.dtype} here (platform-dependent)")
     tensor_a = tour.stop("NumPy -> tensor, keeping the dtype (torch.from_numpy)", "np_array", np_array, "tensor")
-    tour.stop("NumPy -> float32 tensor (torch.Tensor(np_array))", "np_array", np_array, "tensor",
-              dtype=torch.float32)
-    tour.stop("NumPy -> tensor of a chosen dtype (torch.tensor(np_array, dtype=torch.int32))", "np_array",
-              np_array, "tensor", plain=lambda: torch.from_numpy(np_array, dtype=torch.int32),  # type: ignore[call-arg]
-              dtype=torch.int32)
+    tour.stop("NumPy -> float32 tensor (torch.Tensor(np_array))", "np_array", np_array, "tensor", dtype=torch.float32)
+    tour.stop(
+        "NumPy -> tensor of a chosen dtype (torch.tensor(np_array, dtype=torch.int32))",
+        "np_array",
+        np_array,
+        "tensor",
+        plain=lambda: torch.from_numpy(np_array, dtype=torch.int32),  # type: ignore[call-arg]
+        dtype=torch.int32,
+    )
     tour.stop("Cast after creation (tensor_a.float())", "tensor_a", tensor_a, "tensor", dtype=torch.float32)
     tensor = torch.tensor([1, 2, 3, 4, 5])
     tour.stop("CPU tensor -> NumPy (tensor.numpy())", "tensor", tensor, "numpy")
     grad = torch.tensor([1, 2, 3, 4, 5], dtype=torch.float32, requires_grad=True)
-    tour.stop("Tensor that requires grad -> NumPy, no detach() needed", "tensor", grad, "numpy",
-              plain=lambda: grad.numpy())
+    tour.stop(
+        "Tensor that requires grad -> NumPy, no detach() needed", "tensor", grad, "numpy", plain=lambda: grad.numpy()
+    )
     _gpu(tour)
     x = np.eye(3)
     tour.stop("np.eye(3) -> tensor (torch.from_numpy(x))", "x", x, "tensor")
@@ -178,20 +194,36 @@ def run_tour(quiet: bool = False) -> int:
     eye = torch.eye(3)
     tour.stop("torch.eye(3) -> NumPy (x.numpy())", "x", eye, "numpy")
     weight = torch.nn.Parameter(torch.eye(3))
-    tour.stop("Parameter -> NumPy (x.detach().to('cpu').numpy(), one call)", "weight", weight, "numpy",
-              plain=lambda: weight.numpy())
+    tour.stop(
+        "Parameter -> NumPy (x.detach().to('cpu').numpy(), one call)",
+        "weight",
+        weight,
+        "numpy",
+        plain=lambda: weight.numpy(),
+    )
     tour.say("\n-- Inputs plain torch gets wrong, and tensorbridge does not --")
     frozen = np.arange(6.0).reshape(2, 3)
     frozen.flags.writeable = False
-    tour.stop("Read-only array -> tensor (copied, so writes cannot reach read-only memory)", "frozen", frozen,
-              "tensor", plain=_readonly_hazard)
+    tour.stop(
+        "Read-only array -> tensor (copied, so writes cannot reach read-only memory)",
+        "frozen",
+        frozen,
+        "tensor",
+        plain=_readonly_hazard,
+    )
     tour.stop("Read-only array -> tensor, sharing on request", "frozen", frozen, "tensor", copy=False)
     img = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
-    tour.stop("Negative strides: BGR -> RGB view img[:, :, ::-1]", "img[:, :, ::-1]", img[:, :, ::-1], "tensor",
-              plain=lambda: torch.from_numpy(img[:, :, ::-1]))
+    tour.stop(
+        "Negative strides: BGR -> RGB view img[:, :, ::-1]",
+        "img[:, :, ::-1]",
+        img[:, :, ::-1],
+        "tensor",
+        plain=lambda: torch.from_numpy(img[:, :, ::-1]),
+    )
     half = torch.tensor([1.5, -2.0, 3.25], dtype=torch.bfloat16)
-    tour.stop("bfloat16 tensor -> NumPy (an ml_dtypes array, zero-copy)", "half", half, "numpy",
-              plain=lambda: half.numpy())
+    tour.stop(
+        "bfloat16 tensor -> NumPy (an ml_dtypes array, zero-copy)", "half", half, "numpy", plain=lambda: half.numpy()
+    )
     if tour.failures:
         tour.say(f"\nFAILED: {tour.failures} MISMATCH(es) between checked memory and explain()")
         return 1

@@ -238,9 +238,11 @@ def map_leaves(fn: Callable[[Any, Path], Any], data: Any) -> Any:
             child_path = (path, spec.key_style, keys[i])
             if id(child) in active:
                 raise StructureError(
-                    "container walk", format_path(child_path),
+                    "container walk",
+                    format_path(child_path),
                     f"the {type(child).__name__} contains itself (a reference cycle)",
-                    "Break the cycle before converting")
+                    "Break the cycle before converting",
+                )
             active.add(id(child))
             stack.append(frame)
             ckids, ckeys, caux = child_spec.flatten(child)
@@ -250,9 +252,11 @@ def map_leaves(fn: Callable[[Any, Path], Any], data: Any) -> Any:
             rebuilt = spec.unflatten(orig, aux, out)
         except Exception as err:
             raise StructureError(
-                "container rebuild", format_path(path),
+                "container rebuild",
+                format_path(path),
                 f"{type(orig).__name__} could not be rebuilt from its converted items ({err})",
-                "Register the type with tensorbridge.register_container") from err
+                "Register the type with tensorbridge.register_container",
+            ) from err
         active.discard(id(orig))
         if not stack:
             return rebuilt

@@ -49,8 +49,7 @@ def _limits(dt: np.dtype[Any]) -> _Limits:
     finfo: Any = finder(dt)
     with np.errstate(all="ignore"):
         special = np.array([np.nan, np.inf], np.float32).astype(dt).astype(np.float32)
-    return _Limits(float(finfo.min), float(finfo.max), False,
-                   bool(np.isnan(special[0])), bool(np.isinf(special[1])))
+    return _Limits(float(finfo.min), float(finfo.max), False, bool(np.isnan(special[0])), bool(np.isinf(special[1])))
 
 
 def needs_check(src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
@@ -83,8 +82,11 @@ def _check(chunk: Any, src: np.dtype[Any], dst: np.dtype[Any], path: str) -> Non
             imag = chunk.imag
             if bool((imag != 0).any()):
                 raise ValueRangeError(
-                    "cast", path, f"a non-zero imaginary part would be dropped casting {src.name} to {dst.name}",
-                    "Take .real explicitly, or cast to a complex dtype")
+                    "cast",
+                    path,
+                    f"a non-zero imaginary part would be dropped casting {src.name} to {dst.name}",
+                    "Take .real explicitly, or cast to a complex dtype",
+                )
             _check(chunk.real, np.dtype(f"f{src.itemsize // 2}"), dst, path)
             return
         part = np.dtype(f"f{src.itemsize // 2}")
@@ -103,14 +105,20 @@ def _check(chunk: Any, src: np.dtype[Any], dst: np.dtype[Any], path: str) -> Non
         if lo <= lim.lo - 1 or hi >= lim.hi + 1:
             bad = lo if lo <= lim.lo - 1 else hi
             raise ValueRangeError(
-                "cast", path, f"value {bad:g} does not fit {dst.name} (range {lim.lo:g} to {lim.hi:g})",
-                "Clip the data first (np.clip / Tensor.clamp) or choose a wider dtype")
+                "cast",
+                path,
+                f"value {bad:g} does not fit {dst.name} (range {lim.lo:g} to {lim.hi:g})",
+                "Clip the data first (np.clip / Tensor.clamp) or choose a wider dtype",
+            )
         return
     if lo < lim.lo or hi > lim.hi:
         bad = lo if lo < lim.lo else hi
         raise ValueRangeError(
-            "cast", path, f"value {bad:g} does not fit {dst.name} (finite range {lim.lo:g} to {lim.hi:g})",
-            "Clip or rescale the data first, or choose a wider dtype")
+            "cast",
+            path,
+            f"value {bad:g} does not fit {dst.name} (finite range {lim.lo:g} to {lim.hi:g})",
+            "Clip or rescale the data first, or choose a wider dtype",
+        )
 
 
 def _special(chunk: Any, src: np.dtype[Any], dst: np.dtype[Any], lim: _Limits, path: str) -> tuple[float, float]:
@@ -118,11 +126,19 @@ def _special(chunk: Any, src: np.dtype[Any], dst: np.dtype[Any], lim: _Limits, p
     xp: Any = torch if isinstance(chunk, torch.Tensor) else np
     finite_mask = xp.isfinite(chunk)
     if bool(xp.isnan(chunk).any()) and not lim.has_nan:
-        raise ValueRangeError("cast", path, f"NaN cannot be represented in {dst.name}",
-                              "Replace NaN first (np.nan_to_num / Tensor.nan_to_num) or keep a float dtype")
+        raise ValueRangeError(
+            "cast",
+            path,
+            f"NaN cannot be represented in {dst.name}",
+            "Replace NaN first (np.nan_to_num / Tensor.nan_to_num) or keep a float dtype",
+        )
     if bool(xp.isinf(chunk).any()) and not lim.has_inf:
-        raise ValueRangeError("cast", path, f"infinity cannot be represented in {dst.name}",
-                              "Replace infinities first (np.nan_to_num / Tensor.nan_to_num) or choose a dtype with inf")
+        raise ValueRangeError(
+            "cast",
+            path,
+            f"infinity cannot be represented in {dst.name}",
+            "Replace infinities first (np.nan_to_num / Tensor.nan_to_num) or choose a dtype with inf",
+        )
     finite = chunk[finite_mask]
     if _size(finite) == 0:
         return 0.0 if lim.lo <= 0 else lim.lo, 0.0 if lim.lo <= 0 else lim.lo
@@ -144,9 +160,9 @@ def cast_tensor(t: torch.Tensor, dst: torch.dtype, path: str) -> torch.Tensor:
     out = torch.empty(t.shape, dtype=dst)
     flat_src, flat_out = t.view(-1), out.view(-1)
     for start in range(0, flat_src.numel(), step):
-        piece = flat_src[start:start + step]
+        piece = flat_src[start : start + step]
         _check(piece, src_np, dst_np, path)
-        flat_out[start:start + step].copy_(piece)
+        flat_out[start : start + step].copy_(piece)
     return out
 
 

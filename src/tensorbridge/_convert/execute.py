@@ -65,16 +65,21 @@ def _to_device(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
     try:
         return t.to(step.arg)
     except (RuntimeError, AssertionError) as err:
-        raise DeviceError("to_tensor", path, f"moving to {step.arg} failed: {err}",
-                          "Check that the device exists (torch.cuda.device_count()) and has memory free") from err
+        raise DeviceError(
+            "to_tensor",
+            path,
+            f"moving to {step.arg} failed: {err}",
+            "Check that the device exists (torch.cuda.device_count()) and has memory free",
+        ) from err
 
 
 def _pin(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
     try:
         return t.pin_memory()
     except RuntimeError as err:
-        raise DeviceError("to_tensor", path, f"pinning host memory failed: {err}",
-                          "Drop pin_memory=True, or free pinned memory") from err
+        raise DeviceError(
+            "to_tensor", path, f"pinning host memory failed: {err}", "Drop pin_memory=True, or free pinned memory"
+        ) from err
 
 
 def _clone(x: Leaf, step: Step, path: str) -> Leaf:
@@ -104,8 +109,12 @@ def _to_host(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
     try:
         return t.to("cpu")
     except RuntimeError as err:
-        raise DeviceError("to_numpy", path, f"copying from {t.device} to the host failed: {err}",
-                          "Check the device's state (a failed kernel poisons later copies)") from err
+        raise DeviceError(
+            "to_numpy",
+            path,
+            f"copying from {t.device} to the host failed: {err}",
+            "Check the device's state (a failed kernel poisons later copies)",
+        ) from err
 
 
 def _to_numpy(t: torch.Tensor, step: Step, path: str) -> np.ndarray[Any, Any]:
@@ -146,6 +155,10 @@ def run_plan(leaf: Leaf, plan: Plan) -> Leaf:
         except ConversionError:
             raise
         except (RuntimeError, TypeError, ValueError) as err:
-            raise UnsupportedError("conversion", plan.path, f"step '{step}' failed: {err}",
-                                   "Report this input to tensorbridge; convert this leaf by hand meanwhile") from err
+            raise UnsupportedError(
+                "conversion",
+                plan.path,
+                f"step '{step}' failed: {err}",
+                "Report this input to tensorbridge; convert this leaf by hand meanwhile",
+            ) from err
     return out
