@@ -13,8 +13,23 @@ from .helpers import ALL_ROWS, EXACT_ROWS
 
 def test_table_has_every_shared_dtype() -> None:
     names = {row.name for row in tb.ROWS}
-    assert {"bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32", "float64",
-            "complex64", "complex128", "bfloat16", "float8_e4m3fn", "float8_e5m2", "complex32"} <= names
+    assert {
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+        "bfloat16",
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "complex32",
+    } <= names
 
 
 def test_table_has_no_missing_rows() -> None:
@@ -50,12 +65,26 @@ def test_both_byte_orders_map_to_the_row(row: tb.dtypes.DtypeRow) -> None:
 @pytest.mark.parametrize(
     ("spelling", "expected"),
     [
-        ("float32", torch.float32), ("f4", torch.float32), ("<f8", torch.float64), (">i2", torch.int16),
-        ("half", torch.float16), ("double", torch.float64), ("long", torch.int64), ("cfloat", torch.complex64),
-        ("bfloat16", torch.bfloat16), ("np.uint8", torch.uint8), ("bool", torch.bool),
-        (float, torch.float64), (int, torch.int64), (bool, torch.bool), (complex, torch.complex128),
-        (np.float16, torch.float16), (np.longlong, torch.int64), (ml_dtypes.bfloat16, torch.bfloat16),
-        (ml_dtypes.float8_e5m2, torch.float8_e5m2), (np.dtype("int8"), torch.int8),
+        ("float32", torch.float32),
+        ("f4", torch.float32),
+        ("<f8", torch.float64),
+        (">i2", torch.int16),
+        ("half", torch.float16),
+        ("double", torch.float64),
+        ("long", torch.int64),
+        ("cfloat", torch.complex64),
+        ("bfloat16", torch.bfloat16),
+        ("np.uint8", torch.uint8),
+        ("bool", torch.bool),
+        (float, torch.float64),
+        (int, torch.int64),
+        (bool, torch.bool),
+        (complex, torch.complex128),
+        (np.float16, torch.float16),
+        (np.longlong, torch.int64),
+        (ml_dtypes.bfloat16, torch.bfloat16),
+        (ml_dtypes.float8_e5m2, torch.float8_e5m2),
+        (np.dtype("int8"), torch.int8),
     ],
 )
 def test_torch_dtype_spellings(spelling: object, expected: torch.dtype) -> None:

@@ -13,8 +13,20 @@ import tensorbridge as tb
 
 from .helpers import EXACT_ROWS, bits, random_bits
 
-LAYOUTS = ["c", "fortran", "reversed", "reversed_size1", "step", "transpose", "broadcast", "big_endian",
-           "readonly", "zero_d", "empty", "scalar"]
+LAYOUTS = [
+    "c",
+    "fortran",
+    "reversed",
+    "reversed_size1",
+    "step",
+    "transpose",
+    "broadcast",
+    "big_endian",
+    "readonly",
+    "zero_d",
+    "empty",
+    "scalar",
+]
 
 
 def make(row: tb.dtypes.DtypeRow, shape: tuple[int, ...], layout: str, seed: int) -> Any:
@@ -61,10 +73,16 @@ def test_round_trip_is_bit_exact(row: tb.dtypes.DtypeRow, shape: tuple[int, ...]
     assert bits(back) == bits(np.asarray(a))
 
 
-@given(row=st.sampled_from(EXACT_ROWS), shape=shapes, layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16),
-       copy=st.sampled_from([None, True, False]))
-def test_explain_tells_the_truth_about_memory(row: tb.dtypes.DtypeRow, shape: tuple[int, ...], layout: str,
-                                              seed: int, copy: bool | None) -> None:
+@given(
+    row=st.sampled_from(EXACT_ROWS),
+    shape=shapes,
+    layout=st.sampled_from(LAYOUTS),
+    seed=st.integers(0, 2**16),
+    copy=st.sampled_from([None, True, False]),
+)
+def test_explain_tells_the_truth_about_memory(
+    row: tb.dtypes.DtypeRow, shape: tuple[int, ...], layout: str, seed: int, copy: bool | None
+) -> None:
     a = make(row, shape, layout, seed)
     plan = tb.explain(a, copy=copy)
     try:

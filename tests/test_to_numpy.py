@@ -75,14 +75,17 @@ def test_dtype_casts_on_the_way() -> None:
     assert ld.dtype == np.longdouble and ld.tolist() == [1.5]
 
 
-@pytest.mark.parametrize(("make", "match"), [
-    (lambda: torch.empty(3, device="meta"), "meta"),
-    (lambda: torch.eye(3).to_sparse(), "sparse_coo"),
-    (lambda: quiet_tensor(torch.eye(3).to_sparse_csr), "sparse_csr"),
-    (lambda: quiet_tensor(torch.quantize_per_tensor, torch.ones(3), 0.1, 0, torch.quint8), "dequantize"),
-    (lambda: quiet_tensor(torch.nested.nested_tensor, [torch.ones(2), torch.ones(3)]), "nested"),
-    (lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)], layout=torch.jagged), "nested"),
-])
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: torch.empty(3, device="meta"), "meta"),
+        (lambda: torch.eye(3).to_sparse(), "sparse_coo"),
+        (lambda: quiet_tensor(torch.eye(3).to_sparse_csr), "sparse_csr"),
+        (lambda: quiet_tensor(torch.quantize_per_tensor, torch.ones(3), 0.1, 0, torch.quint8), "dequantize"),
+        (lambda: quiet_tensor(torch.nested.nested_tensor, [torch.ones(2), torch.ones(3)]), "nested"),
+        (lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)], layout=torch.jagged), "nested"),
+    ],
+)
 def test_unsupported_tensors_raise_clear_errors(make: Any, match: str) -> None:
     t = make()
     with pytest.raises(tb.UnsupportedError, match=match) as info:

@@ -68,8 +68,9 @@ def test_empty_array_with_negative_strides() -> None:
     assert tuple(t.shape) == (0, 3)
 
 
-@pytest.mark.parametrize("row", [r for r in EXACT_ROWS if r.numpy.itemsize > 1 and r.carrier is None],
-                         ids=lambda r: r.name)
+@pytest.mark.parametrize(
+    "row", [r for r in EXACT_ROWS if r.numpy.itemsize > 1 and r.carrier is None], ids=lambda r: r.name
+)
 def test_big_endian_is_byteswapped_exactly(row: tb.dtypes.DtypeRow) -> None:
     native = random_bits(row, (6,), seed=3)
     big = native.astype(native.dtype.newbyteorder(">"))
@@ -98,13 +99,16 @@ def test_writable_zero_strides_share() -> None:
     assert shares(t, base)
 
 
-@pytest.mark.parametrize("view", [
-    lambda a: a[::2, 1:],
-    lambda a: a.T,
-    lambda a: np.asfortranarray(a),
-    lambda a: a[1],
-    lambda a: a.reshape(2, 3, 4).transpose(2, 0, 1),
-])
+@pytest.mark.parametrize(
+    "view",
+    [
+        lambda a: a[::2, 1:],
+        lambda a: a.T,
+        lambda a: np.asfortranarray(a),
+        lambda a: a[1],
+        lambda a: a.reshape(2, 3, 4).transpose(2, 0, 1),
+    ],
+)
 def test_views_keep_strides_and_share(view: Any) -> None:
     a = np.arange(24, dtype=np.int32).reshape(4, 6)
     v = view(a)
@@ -117,8 +121,7 @@ def test_views_keep_strides_and_share(view: Any) -> None:
 def test_zero_d_and_scalars() -> None:
     t = tb.to_tensor(np.array(3.5))
     assert t.shape == () and t.item() == 3.5
-    for scalar in (np.float32(1.25), np.int8(-3), np.bool_(True), np.complex64(1 + 2j),
-                   ml_dtypes.bfloat16(1.5)):
+    for scalar in (np.float32(1.25), np.int8(-3), np.bool_(True), np.complex64(1 + 2j), ml_dtypes.bfloat16(1.5)):
         t = tb.to_tensor(scalar)
         assert t.shape == ()
         assert t.dtype is tb.torch_dtype(np.asarray(scalar).dtype)
@@ -126,6 +129,27 @@ def test_zero_d_and_scalars() -> None:
     assert not tb.explain(np.float32(1)).shares_memory
     with pytest.raises(tb.CopyRefusedError):
         tb.to_tensor(np.float32(1), copy=False)
+
+
+def test_readonly_copy_never_hands_readonly_memory_to_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch warns once per process about read-only arrays; spending that warning inside
+    # tensorbridge would silence it for the caller's own torch.from_numpy calls.
+    seen: list[bool] = []
+    real = torch.from_numpy
+
+    def spy(a: np.ndarray[Any, Any]) -> torch.Tensor:
+        seen.append(a.flags.writeable)
+        return real(a)
+
+    monkeypatch.setattr(torch, "from_numpy", spy)
+    import tensorbridge._convert.execute as ex
+
+    monkeypatch.setattr(ex.torch, "from_numpy", spy)
+    ro = np.arange(3.0)
+    ro.flags.writeable = False
+    tb.to_tensor({"a": ro, "b": ro[::-1], "c": np.ascontiguousarray(ro)}, copy=True)
+    tb.to_tensor(ro)
+    assert seen and all(seen)
 
 
 def test_readonly_array_is_copied_without_warning() -> None:
@@ -188,17 +212,20 @@ def test_masked_arrays_raise_with_the_fix() -> None:
     assert isinstance(info.value, TypeError)
 
 
-@pytest.mark.parametrize(("arr", "match"), [
-    (np.array([object()]), "object"),
-    (np.array(["a"]), "strings"),
-    (np.array([b"a"]), "bytes"),
-    (np.array(["2020-01-01"], dtype="datetime64[D]"), "datetime"),
-    (np.array([1], dtype="timedelta64[s]"), "timedelta"),
-    (np.zeros(2, dtype=[("a", "i4"), ("b", "f4")]), "structured"),
-    (np.zeros(2, dtype="V3"), "void"),
-    (np.zeros(2, dtype=np.longdouble), "longdouble|float128|precision"),
-    (np.zeros(2, dtype=np.clongdouble), "complex|precision"),
-])
+@pytest.mark.parametrize(
+    ("arr", "match"),
+    [
+        (np.array([object()]), "object"),
+        (np.array(["a"]), "strings"),
+        (np.array([b"a"]), "bytes"),
+        (np.array(["2020-01-01"], dtype="datetime64[D]"), "datetime"),
+        (np.array([1], dtype="timedelta64[s]"), "timedelta"),
+        (np.zeros(2, dtype=[("a", "i4"), ("b", "f4")]), "structured"),
+        (np.zeros(2, dtype="V3"), "void"),
+        (np.zeros(2, dtype=np.longdouble), "longdouble|float128|precision"),
+        (np.zeros(2, dtype=np.clongdouble), "complex|precision"),
+    ],
+)
 def test_unsupported_dtypes_raise_type_error(arr: np.ndarray[Any, Any], match: str) -> None:
     with pytest.raises(TypeError, match=match) as info:
         tb.to_tensor([arr])
@@ -223,34 +250,41 @@ def test_longdouble_that_does_not_fit_float64_raises() -> None:
         tb.to_tensor(big, dtype=torch.float64)
 
 
-@pytest.mark.parametrize(("values", "dtype", "match"), [
-    ([300], torch.uint8, "value 300 does not fit uint8"),
-    ([-1], torch.uint16, "value -1 does not fit uint16"),
-    ([2**40 + 3], torch.int32, "does not fit int32"),
-    ([1.0, float("nan")], torch.int64, "NaN cannot be represented"),
-    ([float("inf")], torch.int8, "infinity"),
-    ([1e300], torch.float32, "does not fit float32"),
-    ([70000.0], torch.float16, "does not fit float16"),
-    ([1000.0], torch.float8_e4m3fn, "does not fit float8_e4m3fn"),
-    ([float("inf")], torch.float8_e4m3fn, "infinity cannot be represented"),
-    ([1 + 1j], torch.float64, "imaginary part"),
-    ([-1.5], torch.float8_e8m0fnu, "does not fit float8_e8m0fnu"),
-])
+@pytest.mark.parametrize(
+    ("values", "dtype", "match"),
+    [
+        ([300], torch.uint8, "value 300 does not fit uint8"),
+        ([-1], torch.uint16, "value -1 does not fit uint16"),
+        ([2**40 + 3], torch.int32, "does not fit int32"),
+        ([1.0, float("nan")], torch.int64, "NaN cannot be represented"),
+        ([float("inf")], torch.int8, "infinity"),
+        ([1e300], torch.float32, "does not fit float32"),
+        ([70000.0], torch.float16, "does not fit float16"),
+        ([1000.0], torch.float8_e4m3fn, "does not fit float8_e4m3fn"),
+        ([float("inf")], torch.float8_e4m3fn, "infinity cannot be represented"),
+        ([1 + 1j], torch.float64, "imaginary part"),
+        ([-1.5], torch.float8_e8m0fnu, "does not fit float8_e8m0fnu"),
+        ([1.0, 1.7], torch.int8, "1.7 is not a whole number"),
+    ],
+)
 def test_casts_that_change_values_raise(values: list[Any], dtype: torch.dtype, match: str) -> None:
     with pytest.raises(tb.ValueRangeError, match=match) as info:
         tb.to_tensor({"w": np.array(values)}, dtype=dtype)
     assert info.value.path == "data['w']"
 
 
-@pytest.mark.parametrize(("values", "dtype"), [
-    ([255, 0], torch.uint8),
-    ([1.5, float("nan"), float("inf"), -float("inf")], torch.float32),
-    ([1.7, -2.9], torch.int8),  # truncation toward zero, as the dtype asks
-    ([1 + 0j], torch.float32),
-    ([3, -4], torch.float16),
-    ([0.1], torch.bfloat16),
-    ([2.0**62], torch.int64),
-])
+@pytest.mark.parametrize(
+    ("values", "dtype"),
+    [
+        ([255, 0], torch.uint8),
+        ([1.5, float("nan"), float("inf"), -float("inf")], torch.float32),
+        ([2.0, -3.0], torch.int8),  # whole numbers stored as floats (labels) cast fine
+        ([1 + 0j], torch.float32),
+        ([3, -4], torch.float16),
+        ([0.1], torch.bfloat16),
+        ([2.0**62], torch.int64),
+    ],
+)
 def test_casts_that_fit_succeed(values: list[Any], dtype: torch.dtype) -> None:
     a = np.array(values)
     t = tb.to_tensor(a, dtype=dtype)

@@ -132,8 +132,9 @@ def test_register_container() -> None:
         def __init__(self, items: list[Any], tag: str) -> None:
             self.items, self.tag = items, tag
 
-    tb.register_container(Box, lambda b: (b.items, range(len(b.items)), b.tag),
-                          lambda orig, tag, kids: Box(kids, tag), key_style="index")
+    tb.register_container(
+        Box, lambda b: (b.items, range(len(b.items)), b.tag), lambda orig, tag, kids: Box(kids, tag), key_style="index"
+    )
     out = tb.to_tensor({"box": Box([np.ones(1), np.zeros(1)], "t")})
     assert type(out["box"]) is Box and out["box"].tag == "t"
     assert isinstance(out["box"].items[1], torch.Tensor)
@@ -156,7 +157,9 @@ def test_sets_strings_and_bytes_are_leaves() -> None:
 
 
 def test_import_loads_no_optional_framework() -> None:
-    code = ("import sys, tensorbridge; bad = [m for m in ('attrs', 'jax', 'pandas', 'scipy', 'cupy') "
-            "if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    code = (
+        "import sys, tensorbridge; bad = [m for m in ('attrs', 'jax', 'pandas', 'scipy', 'cupy') "
+        "if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

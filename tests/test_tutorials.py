@@ -82,9 +82,11 @@ def test_t1_print_the_tensors() -> None:
     # Tutorial says tensor_a/tensor_c print with ", dtype=torch.int32"; reality: they keep NumPy's default int,
     # and torch omits the dtype for int64 (its default integer), so on Linux no dtype is printed.
     suffix = "" if INT_IS_INT64 else ", dtype=torch.int32"
-    assert printed == (f"tensor_a: tensor([5, 7, 1, 2, 4, 4]{suffix})\n"
-                       "tensor_b: tensor([5., 7., 1., 2., 4., 4.])\n"
-                       f"tensor_c: tensor([5, 7, 1, 2, 4, 4]{suffix})")
+    assert printed == (
+        f"tensor_a: tensor([5, 7, 1, 2, 4, 4]{suffix})\n"
+        "tensor_b: tensor([5., 7., 1., 2., 4., 4.])\n"
+        f"tensor_c: tensor([5, 7, 1, 2, 4, 4]{suffix})"
+    )
     # (b) tensorbridge prints like from_numpy.
     assert str(tb.to_tensor(np_array)) == str(tensor_a)
 
@@ -282,9 +284,7 @@ def test_t1_gpu_tensor_without_cuda_raises() -> None:
 def test_t2_numpy_to_pytorch_from_numpy() -> None:
     x = np.eye(3)
     t = torch.from_numpy(x)
-    assert repr(t) == ("tensor([[1., 0., 0.],\n"
-                       "        [0., 1., 0.],\n"
-                       "        [0., 0., 1.]], dtype=torch.float64)")
+    assert repr(t) == ("tensor([[1., 0., 0.],\n        [0., 1., 0.],\n        [0., 0., 1.]], dtype=torch.float64)")
     # (b)
     out = tb.to_tensor(x)
     assert repr(out) == repr(t)
@@ -300,9 +300,7 @@ def test_t2_change_dtype_with_type() -> None:
     # Tutorial's expected result shows integers "tensor([[1, 0, 0], ...])"; reality: float32 values print
     # as "1., 0." and, float32 being torch's default, without a dtype suffix.
     assert t.dtype == torch.float32
-    assert repr(t) == ("tensor([[1., 0., 0.],\n"
-                       "        [0., 1., 0.],\n"
-                       "        [0., 0., 1.]])")
+    assert repr(t) == ("tensor([[1., 0., 0.],\n        [0., 1., 0.],\n        [0., 0., 1.]])")
     # .type() silently turns values float32 cannot hold into inf.
     assert torch.isinf(torch.from_numpy(np.array([1e300])).type(torch.float32)).all()
     # (b)
@@ -321,9 +319,9 @@ def test_t2_change_dtype_with_type() -> None:
 def test_t2_numpy_to_gpu_with_to() -> None:
     x = np.eye(3)
     t = torch.from_numpy(x).to("cuda")
-    assert repr(t) == ("tensor([[1., 0., 0.],\n"
-                       "        [0., 1., 0.],\n"
-                       "        [0., 0., 1.]], device='cuda:0', dtype=torch.float64)")
+    assert repr(t) == (
+        "tensor([[1., 0., 0.],\n        [0., 1., 0.],\n        [0., 0., 1.]], device='cuda:0', dtype=torch.float64)"
+    )
     # (b)
     out = tb.to_tensor(x, device="cuda")
     assert out.device.type == "cuda"
@@ -351,9 +349,7 @@ def test_t2_numpy_to_gpu_without_cuda_raises() -> None:
 def test_t2_pytorch_to_numpy() -> None:
     x = torch.eye(3)
     arr = x.numpy()
-    assert repr(arr) == ("array([[1., 0., 0.],\n"
-                         "       [0., 1., 0.],\n"
-                         "       [0., 0., 1.]], dtype=float32)")
+    assert repr(arr) == ("array([[1., 0., 0.],\n       [0., 1., 0.],\n       [0., 0., 1.]], dtype=float32)")
     # (b)
     out = tb.to_numpy(x)
     assert repr(out) == repr(arr)
@@ -400,9 +396,7 @@ def test_t2_gpu_back_to_cpu() -> None:
 def test_t2_detach_and_to_cpu_are_idempotent() -> None:
     x = torch.eye(3)
     arr = x.detach().to("cpu").numpy()
-    assert repr(arr) == ("array([[1., 0., 0.],\n"
-                         "       [0., 1., 0.],\n"
-                         "       [0., 0., 1.]], dtype=float32)")
+    assert repr(arr) == ("array([[1., 0., 0.],\n       [0., 1., 0.],\n       [0., 0., 1.]], dtype=float32)")
     # Idempotent in result: to("cpu") on a CPU tensor is the tensor itself; detach() gives a new
     # object each call, but every one views the same memory.
     assert x.to("cpu") is x
@@ -482,8 +476,9 @@ def test_tour_reports_each_stop(capsys: pytest.CaptureFixture[str]) -> None:
         assert "DeviceError" in out and "CUDA is not available" in out
 
 
-def test_tour_fails_loudly_when_explain_disagrees(monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_tour_fails_loudly_when_explain_disagrees(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     real_explain = tb.explain
 
     class Inverted:

@@ -268,17 +268,21 @@ def _steps_to_tensor(
         steps.append(Step("numpy_copy", "non-native byte order: torch cannot view this memory"))
     elif _negative_strides(arr)[0]:
         steps.append(Step("numpy_copy", "negative strides: torch cannot view this memory"))
+    elif not fresh and not arr.flags.writeable and opts.copy is not False and not _copies_later(opts, row.torch):
+        # Copied by NumPy, never handed to torch.from_numpy: the tensor must not alias
+        # read-only memory, and torch's warn-once flag stays unspent for the caller's own code.
+        steps.append(Step("numpy_copy", "read-only memory: writes to the tensor must not reach it"))
     else:
         if _negative_strides(arr)[1]:
             steps.append(Step("restride", "negative strides on axes of size <= 1 do not matter"))
         readonly = not fresh and not arr.flags.writeable
     why = f"{row.name} travels as {row.carrier} bits, exactly" if row.carrier is not None else ""
+    if readonly:
+        why = "read-only memory, only read: " + (why or "a copy follows") if opts.copy is not False else why
     steps.append(Step("share_readonly" if readonly else "share", why, row))
     if opts.dtype is not None and opts.dtype != row.torch:
         steps.append(Step("cast", f"{row.name} -> {str(opts.dtype).removeprefix('torch.')}", opts.dtype))
     steps += _device_steps(opts, torch.device("cpu"), path)
-    if readonly and opts.copy is not False and not any(s.kind in COPYING for s in steps):
-        steps.append(Step("clone", "the input is read-only: writes to the tensor must not reach it"))
     _finish(steps, opts.copy, "to_tensor", path)
     target = row.torch if opts.dtype is None else opts.dtype
     if opts.requires_grad:
@@ -291,6 +295,12 @@ def _steps_to_tensor(
             )
         steps.append(Step("requires_grad", "a leaf tensor that records operations"))
     return steps, target
+
+
+def _copies_later(opts: ToTensorOptions, current: torch.dtype) -> bool:
+    """Whether a cast, a device move or pinning will produce fresh memory anyway."""
+    moves = opts.device is not None and _needs_device(opts.device, torch.device("cpu"))
+    return (opts.dtype is not None and opts.dtype != current) or moves or opts.pin_memory
 
 
 def _finish(steps: list[Step], copy: bool | None, what: str, path: str) -> None:

@@ -2,8 +2,9 @@
 
 Rounding to the nearest representable value (float64 -> float32, int64 -> float32) is what
 an explicit ``dtype=`` asks for. What it does not ask for is a value that does not fit:
-300 -> uint8 wrapping to 44, 1e300 -> float32 becoming inf, NaN -> int, a non-zero imaginary
-part dropped, a negative number cast to an unsigned type. Those raise ``ValueRangeError``.
+300 -> uint8 wrapping to 44, 1e300 -> float32 becoming inf, NaN -> int, 1.5 -> int truncated
+to 1, a non-zero imaginary part dropped, a negative number cast to an unsigned type. Those
+raise ``ValueRangeError``.
 
 Casts that cannot lose range skip the check. Checked casts run in cache-sized chunks: each
 chunk is checked and then cast while it is still in cache, so the check costs little more
@@ -110,6 +111,17 @@ def _check(chunk: Any, src: np.dtype[Any], dst: np.dtype[Any], path: str) -> Non
                 f"value {bad:g} does not fit {dst.name} (range {lim.lo:g} to {lim.hi:g})",
                 "Clip the data first (np.clip / Tensor.clamp) or choose a wider dtype",
             )
+        if src.kind in "fV":
+            xp: Any = torch if isinstance(chunk, torch.Tensor) else np
+            fractional = chunk != xp.trunc(chunk)
+            if bool(fractional.any()):
+                bad = float(chunk[fractional].reshape(-1)[0])
+                raise ValueRangeError(
+                    "cast",
+                    path,
+                    f"value {bad:g} is not a whole number, and {dst.name} would truncate it",
+                    "Round explicitly first (np.round / Tensor.round, or floor/ceil)",
+                )
         return
     if lo < lim.lo or hi > lim.hi:
         bad = lo if lo < lim.lo else hi
