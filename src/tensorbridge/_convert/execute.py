@@ -12,6 +12,7 @@ import torch
 from ..dtypes import DtypeRow
 from ..errors import ConversionError, DeviceError, UnsupportedError
 from ..plan import Plan, Step
+from .alloc import host_copy
 from .cast import cast_array, cast_tensor
 
 __all__ = ["run_plan"]
@@ -84,7 +85,7 @@ def _pin(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
 
 def _clone(x: Leaf, step: Step, path: str) -> Leaf:
     if isinstance(x, torch.Tensor):
-        return x.clone()
+        return host_copy(x) if x.device.type == "cpu" else x.clone()
     return np.array(x, order="K", copy=True)
 
 

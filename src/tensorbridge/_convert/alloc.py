@@ -1,0 +1,37 @@
+"""Fresh host memory for copies.
+
+Large host buffers are allocated through NumPy, not torch's CPU allocator: NumPy asks the
+kernel for transparent huge pages on big allocations, torch does not, and on machines where
+huge pages are opt-in (``madvise``) a fresh torch buffer spends more time in page faults on
+first write than the copy itself takes (measured in ``benchmarks/bench_core.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..dtypes import row_for_torch
+
+__all__ = ["host_copy", "host_empty"]
+
+
+def host_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Return an uninitialized C-contiguous CPU tensor whose memory NumPy allocated."""
+    row = row_for_torch(dtype)
+    if row is None or not row.exact:
+        return torch.empty(shape, dtype=dtype)
+    if row.carrier is None:
+        return torch.from_numpy(np.empty(shape, row.numpy))
+    return torch.from_numpy(np.empty(shape, row.carrier)).view(dtype)
+
+
+def host_copy(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Copy (and cast, unchecked) a CPU tensor into fresh memory; C order unless strides are kept free."""
+    dtype = t.dtype if dtype is None else dtype
+    if not t.is_contiguous():
+        # Keep the input's layout (a transposed view stays transposed), as torch's clone does.
+        return t.to(dtype, copy=True) if dtype != t.dtype else t.clone()
+    out = host_empty(tuple(t.shape), dtype)
+    out.copy_(t)
+    return out
