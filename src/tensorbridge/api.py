@@ -1,9 +1,10 @@
 """The public verbs: flatten the containers, plan each leaf, carry the plan out, rebuild.
 
-The common cases (a writable NumPy array to a tensor, a plain CPU tensor to NumPy, nothing
-asked of dtype/device/copy) skip planning: they are exactly the cases ``torch.from_numpy``
-and ``Tensor.numpy()`` get right, and they cost one ``try``. Everything else goes through
-the planner, so ``explain()`` reports what is done.
+The common cases (writable NumPy arrays to tensors, plain CPU tensors to NumPy, in plain
+dicts/lists/tuples, nothing asked of dtype/device/copy) skip planning: they are exactly the
+cases ``torch.from_numpy`` and ``Tensor.numpy()`` get right (see ``_fastpath``). Everything
+else goes through the planner, so ``explain()`` reports what is done; a property test checks
+that both routes agree.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from ._convert.execute import run_plan
+from ._fastpath import Bail, fast_to_numpy, fast_to_tensor
 from .errors import StructureError, UnsupportedError
 from .plan import (
     Plan,
@@ -122,6 +124,11 @@ def to_tensor(
                 return _from_numpy(data)
             except (TypeError, ValueError):
                 pass
+        else:
+            try:
+                return fast_to_tensor(data)
+            except Bail:
+                pass
         return map_leaves(_tensor_leaf_default, data)
     opts = normalize_to_tensor(dtype, device, copy, requires_grad, pin_memory)
     return map_leaves(lambda x, path: _tensor_leaf(x, path, opts), data)
@@ -177,12 +184,10 @@ def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None) -> An
         ('bfloat16', [1.0, 1.0])
     """
     if dtype is None and copy is None:
-        if type(data) is _Tensor:
-            try:
-                return data.numpy()
-            except (TypeError, RuntimeError):
-                pass
-        return map_leaves(_numpy_leaf_default, data)
+        try:
+            return fast_to_numpy(data)
+        except Bail:
+            return map_leaves(_numpy_leaf_default, data)
     opts = normalize_to_numpy(dtype, copy)
     return map_leaves(lambda x, path: _numpy_leaf(x, path, opts), data)
 

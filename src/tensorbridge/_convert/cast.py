@@ -27,6 +27,7 @@ from .alloc import host_copy
 
 __all__ = ["cast_array", "cast_tensor", "needs_check"]
 
+
 @dataclass(frozen=True)
 class _Limits:
     lo: float
