@@ -1,12 +1,13 @@
 """The common case without planning: plain dicts, lists and tuples of writable arrays.
 
 With no options, and only plain dicts/lists/tuples around writable arrays (or plain CPU
-tensors, for ``to_numpy``), the inputs are exactly the inputs ``torch.from_numpy`` and ``Tensor.numpy()`` convert correctly,
-so a small recursive walker can do them at close to the cost of a hand-written loop. On
-anything else (another container type, a read-only or strided-negative array, a dtype torch
-lacks, nesting deeper than :data:`MAX_DEPTH`, which also bounds cycles) it gives up with
-:class:`Bail` and the caller redoes the whole call through the general walker, which plans
-every leaf. Giving up is safe: nothing here mutates anything or has side effects.
+tensors, for ``to_numpy``), the inputs are exactly what ``torch.from_numpy`` and
+``Tensor.numpy()`` convert correctly, so a small recursive walker does them at close to the
+cost of a hand-written loop. On anything else (another container type, a read-only or
+negatively strided array, a dtype torch lacks, nesting deeper than :data:`MAX_DEPTH`, which
+also bounds cycles) it gives up with :class:`Bail` and the caller redoes the whole call
+through the general walker, which plans every leaf. Giving up is safe: nothing here mutates
+anything or has side effects.
 """
 
 from __future__ import annotations
