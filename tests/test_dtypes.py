@@ -53,10 +53,11 @@ def test_lookups_round_trip(row: tb.dtypes.DtypeRow) -> None:
         assert row_for_numpy(row.numpy) is row
 
 
-@pytest.mark.parametrize("row", [r for r in EXACT_ROWS if r.numpy.itemsize > 1], ids=lambda r: r.name)
+# ml_dtypes types have one byte order, so only plain NumPy rows have a big-endian spelling.
+@pytest.mark.parametrize(
+    "row", [r for r in EXACT_ROWS if r.numpy.itemsize > 1 and r.carrier is None], ids=lambda r: r.name
+)
 def test_both_byte_orders_map_to_the_row(row: tb.dtypes.DtypeRow) -> None:
-    if row.carrier is not None:
-        pytest.skip("ml_dtypes types have one byte order")
     assert tb.torch_dtype(row.numpy.newbyteorder(">")) is row.torch
     assert tb.torch_dtype(row.numpy.newbyteorder("<")) is row.torch
     assert tb.numpy_dtype(row.numpy.newbyteorder(">")) == row.numpy
