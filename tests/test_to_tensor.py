@@ -365,6 +365,19 @@ def test_tensor_input_returned_unless_asked() -> None:
         tb.to_tensor(torch.tensor([300]), dtype=torch.uint8)
 
 
+def test_field_of_packed_record_is_copied() -> None:
+    rec = np.zeros(3, dtype=[("a", "<i4"), ("b", "<i2")])
+    rec["a"] = [1, -2, 3]
+    field = rec["a"]
+    assert field.strides == (6,)
+    with pytest.raises(ValueError):
+        torch.from_numpy(field)
+    assert tb.to_tensor(field).tolist() == [1, -2, 3]
+    assert "not whole elements" in str(tb.explain(field))
+    with pytest.raises(tb.CopyRefusedError):
+        tb.to_tensor(field, copy=False)
+
+
 def test_unaligned_and_odd_buffers() -> None:
     raw = bytearray(17)
     a = np.ndarray((4,), np.float32, buffer=raw, offset=1)

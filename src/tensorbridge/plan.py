@@ -268,6 +268,8 @@ def _steps_to_tensor(
         steps.append(Step("numpy_copy", "non-native byte order: torch cannot view this memory"))
     elif _negative_strides(arr)[0]:
         steps.append(Step("numpy_copy", "negative strides: torch cannot view this memory"))
+    elif arr.size and any(st % dt.itemsize for st in arr.strides):
+        steps.append(Step("numpy_copy", "strides are not whole elements (a field of a packed record?)"))
     elif not fresh and not arr.flags.writeable and opts.copy is not False and not _copies_later(opts, row.torch):
         # Copied by NumPy, never handed to torch.from_numpy: the tensor must not alias
         # read-only memory, and torch's warn-once flag stays unspent for the caller's own code.
