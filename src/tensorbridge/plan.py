@@ -207,6 +207,13 @@ def _device_steps(opts: ToTensorOptions, current: torch.device, path: str) -> li
                 f"device {opts.device} was asked for but CUDA is not available (torch {torch.__version__})",
                 "Use device='cpu', or install a CUDA build of torch",
             )
+        if opts.device.type == "cuda" and (opts.device.index or 0) >= torch.cuda.device_count():
+            raise DeviceError(
+                "to_tensor",
+                path,
+                f"device {opts.device} does not exist (this machine has {torch.cuda.device_count()} CUDA devices)",
+                "Pick an index below torch.cuda.device_count()",
+            )
         steps.append(Step("to_device", f"to {opts.device}", opts.device))
     if opts.pin_memory:
         if opts.device is not None and opts.device.type != "cpu":
