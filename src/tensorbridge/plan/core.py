@@ -1,0 +1,239 @@
+"""The plan's vocabulary: steps, plans, options, and the rules every direction shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import numpy as np
+import torch
+
+from ..dtypes import numpy_dtype, row_for_torch, torch_dtype
+from ..errors import ConversionError, CopyRefusedError, DeviceError, UnsupportedError
+
+__all__ = ["COPYING", "Plan", "Step", "ToNumpyOptions", "ToTensorOptions", "describe_array", "describe_tensor"]
+
+StepKind = Literal[
+    "scalar",
+    "restride",
+    "numpy_copy",
+    "numpy_cast",
+    "share",
+    "share_readonly",
+    "detach",
+    "resolve_conj",
+    "resolve_neg",
+    "to_host",
+    "cast",
+    "to_device",
+    "pin",
+    "clone",
+    "requires_grad",
+    "to_numpy",
+]
+# Which steps produce fresh memory. Every other step is a view of its input.
+COPYING: Final[frozenset[str]] = frozenset(
+    {
+        "scalar",
+        "numpy_copy",
+        "numpy_cast",
+        "to_host",
+        "resolve_conj",
+        "resolve_neg",
+        "cast",
+        "to_device",
+        "pin",
+        "clone",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One action on a leaf: ``kind`` says what, ``why`` says why, ``arg`` parameterizes it."""
+
+    kind: StepKind
+    why: str
+    arg: Any = None
+
+    def __str__(self) -> str:
+        label = self.kind.replace("_", " ")
+        return f"{label} ({self.why})" if self.why else label
+
+
+@dataclass(frozen=True)
+class ToTensorOptions:
+    """The options of one ``to_tensor`` call, normalized once."""
+
+    dtype: torch.dtype | None = None
+    device: torch.device | None = None
+    copy: bool | None = None
+    requires_grad: bool = False
+    pin_memory: bool = False
+
+
+@dataclass(frozen=True)
+class ToNumpyOptions:
+    """The options of one ``to_numpy`` call, normalized once."""
+
+    dtype: np.dtype[Any] | None = None
+    copy: bool | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What converting one leaf will do.
+
+    Attributes:
+        path: the leaf's key path, e.g. ``data['x'][0]``.
+        source: the input, described (type, dtype, shape, strides, flags).
+        target: the output, described.
+        steps: the actions in order; empty when the input is returned as it is.
+        error: the error converting raises instead, if any.
+    """
+
+    path: str
+    source: str
+    target: str
+    steps: tuple[Step, ...] = ()
+    error: ConversionError | None = field(default=None, compare=False)
+
+    @property
+    def shares_memory(self) -> bool:
+        """Whether the result shares memory with the input."""
+        return self.error is None and not any(s.kind in COPYING for s in self.steps)
+
+    def __str__(self) -> str:
+        head = f"{self.path}: {self.source} -> {self.target}"
+        if self.error is not None:
+            return f"{head}\n    error: {self.error}"
+        steps = "".join(f"\n    - {s}" for s in self.steps) or "\n    - returned as it is"
+        memory = "shares memory with the input" if self.shares_memory else "fresh memory"
+        return f"{head}{steps}\n    => {memory}"
+
+
+# --- descriptions ---------------------------------------------------------------------------
+
+
+def describe_array(a: np.ndarray[Any, Any] | np.generic) -> str:
+    """Describe a NumPy leaf for plans and messages."""
+    if isinstance(a, np.generic):
+        return f"numpy scalar {a.dtype}"
+    flags = [] if a.flags.writeable else ["read-only"]
+    if not a.dtype.isnative:
+        flags.append("non-native byte order")
+    extra = f", {', '.join(flags)}" if flags else ""
+    kind = "ndarray" if type(a) is np.ndarray else type(a).__name__
+    return f"numpy.{kind} {a.dtype} shape {a.shape} strides {a.strides}{extra}"
+
+
+def describe_tensor(t: torch.Tensor) -> str:
+    """Describe a tensor leaf for plans and messages."""
+    if t.is_nested:  # a nested tensor has no single shape to print
+        bits = [str(t.dtype).removeprefix("torch."), f"{t.size(0)} nested components", f"on {t.device}"]
+    else:
+        bits = [str(t.dtype).removeprefix("torch."), f"shape {tuple(t.shape)}", f"on {t.device}"]
+    if t.layout == torch.strided and not t.is_nested:
+        bits.insert(2, f"strides {t.stride()}")
+    if t.layout != torch.strided:
+        bits.append(str(t.layout).removeprefix("torch."))
+    if t.requires_grad:
+        bits.append("requires grad")
+    if t.is_conj():
+        bits.append("conjugate bit")
+    if t.is_neg():
+        bits.append("negative bit")
+    return f"{type(t).__name__} {' '.join(bits[:1])} {', '.join(bits[1:])}"
+
+
+def needs_device(target: torch.device | None, current: torch.device) -> bool:
+    if target is None or target.type != current.type:
+        return target is not None
+    return target.index is not None and target.index != (current.index or 0)
+
+
+def device_steps(opts: ToTensorOptions, current: torch.device, path: str) -> list[Step]:
+    steps = []
+    if opts.device is not None and needs_device(opts.device, current):
+        if opts.device.type == "cuda" and not torch.cuda.is_available():
+            raise DeviceError(
+                "to_tensor",
+                path,
+                f"device {opts.device} was asked for but CUDA is not available (torch {torch.__version__})",
+                "Use device='cpu', or install a CUDA build of torch",
+            )
+        if opts.device.type == "cuda" and (opts.device.index or 0) >= torch.cuda.device_count():
+            raise DeviceError(
+                "to_tensor",
+                path,
+                f"device {opts.device} does not exist (this machine has {torch.cuda.device_count()} CUDA devices)",
+                "Pick an index below torch.cuda.device_count()",
+            )
+        steps.append(Step("to_device", f"to {opts.device}", opts.device))
+    if opts.pin_memory:
+        if opts.device is not None and opts.device.type != "cpu":
+            raise DeviceError(
+                "to_tensor",
+                path,
+                f"pin_memory=True asks for pinned host memory, but device is {opts.device}",
+                "Drop pin_memory, or leave device unset",
+            )
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                "to_tensor",
+                path,
+                "pin_memory=True needs CUDA, which is not available",
+                "Drop pin_memory=True on machines without a GPU",
+            )
+        steps.append(Step("pin", "page-locked host memory for fast GPU copies"))
+    return steps
+
+
+def finish_copies(steps: list[Step], copy: bool | None, what: str, path: str) -> None:
+    copies = [s for s in steps if s.kind in COPYING]
+    if copy is False and copies:
+        raise CopyRefusedError(
+            what,
+            path,
+            "copy=False, but the conversion must copy: " + "; ".join(str(s) for s in copies),
+            "Pass copy=None to allow the copy, or fix the input's layout first",
+        )
+    if copy is True and not copies:
+        steps.append(Step("clone", "copy=True asks for fresh memory"))
+
+
+def normalize_to_tensor(
+    dtype: object, device: object, copy: bool | None, requires_grad: bool, pin_memory: bool
+) -> ToTensorOptions:
+    """Validate and normalize ``to_tensor``'s options."""
+    tdt = None if dtype is None else torch_dtype(dtype)
+    if tdt is not None and row_for_torch(tdt) is None:
+        raise UnsupportedError(
+            "to_tensor",
+            "dtype",
+            f"{tdt} cannot be produced from NumPy data",
+            "Convert to a plain dtype first, then use torch's own API (e.g. quantize_per_tensor)",
+        )
+    try:
+        dev = None if device is None else torch.device(device)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError) as err:
+        raise DeviceError(
+            "to_tensor",
+            "device",
+            f"{device!r} is not a device torch knows ({err})",
+            "Pass 'cpu', 'cuda', 'cuda:1' or a torch.device",
+        ) from err
+    if copy not in (None, True, False):
+        raise UnsupportedError(
+            "to_tensor", "copy", f"copy must be None, True or False, not {copy!r}", "Pass one of those"
+        )
+    return ToTensorOptions(tdt, dev, copy, bool(requires_grad), bool(pin_memory))
+
+
+def normalize_to_numpy(dtype: object, copy: bool | None) -> ToNumpyOptions:
+    """Validate and normalize ``to_numpy``'s options."""
+    if copy not in (None, True, False):
+        raise UnsupportedError(
+            "to_numpy", "copy", f"copy must be None, True or False, not {copy!r}", "Pass one of those"
+        )
+    return ToNumpyOptions(None if dtype is None else numpy_dtype(dtype), copy)

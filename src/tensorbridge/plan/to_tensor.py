@@ -1,0 +1,162 @@
+"""Planning NumPy -> torch (and tensor -> tensor, for ``to_tensor`` on tensors)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import numpy as np
+import torch
+
+from ..dtypes import row_for_numpy, row_for_torch
+from ..errors import ConversionError, UnsupportedError
+from .core import (
+    Plan,
+    Step,
+    ToTensorOptions,
+    describe_array,
+    describe_tensor,
+    device_steps,
+    finish_copies,
+    needs_device,
+)
+
+__all__ = ["plan_tensor_to_tensor", "plan_to_tensor"]
+
+_KIND_FIX: Final = {
+    "O": (
+        "object arrays hold Python objects, not numbers",
+        "Build a numeric array first, e.g. np.asarray(a.tolist(), dtype=np.float32)",
+    ),
+    "U": ("tensors cannot hold strings", "Encode the strings to numbers (e.g. a vocabulary index) first"),
+    "S": ("tensors cannot hold bytes strings", "Decode or encode them to numbers first"),
+    "M": ("torch has no datetime dtype", "Convert explicitly, e.g. a.astype('datetime64[ns]').view(np.int64)"),
+    "m": ("torch has no timedelta dtype", "Convert explicitly, e.g. a.astype('timedelta64[ns]').view(np.int64)"),
+    "V": (
+        "structured and void arrays have no tensor equivalent",
+        "Convert each field separately: {name: a[name] for name in a.dtype.names}",
+    ),
+}
+
+
+def _dtype_error(dt: np.dtype[Any], path: str) -> UnsupportedError:
+    if dt.kind in _KIND_FIX:
+        why, fix = _KIND_FIX[dt.kind]
+        return UnsupportedError("to_tensor", path, f"dtype {dt} is not supported: {why}", fix)
+    return UnsupportedError(
+        "to_tensor",
+        path,
+        f"dtype {dt} has no torch equivalent and converting would lose precision",
+        "Pass dtype=torch.float64 (or complex128) to accept the rounding, or cast with a.astype first",
+    )
+
+
+def _negative_strides(a: np.ndarray[Any, Any]) -> tuple[bool, bool]:
+    """Return (has negative strides that matter, has negative strides that do not)."""
+    if a.size == 0:
+        return False, any(s < 0 for s in a.strides)
+    real = any(s < 0 and n > 1 for s, n in zip(a.strides, a.shape, strict=True))
+    harmless = any(s < 0 and n <= 1 for s, n in zip(a.strides, a.shape, strict=True))
+    return real, harmless
+
+
+def plan_to_tensor(leaf: np.ndarray[Any, Any] | np.generic, opts: ToTensorOptions, path: str) -> Plan:
+    """Plan converting a NumPy array or scalar to a tensor."""
+    source = describe_array(leaf)
+    try:
+        steps, target_dtype = _steps_to_tensor(leaf, opts, path)
+    except ConversionError as err:
+        return Plan(path, source, "torch.Tensor", (), err)
+    device = opts.device or torch.device("cpu")
+    return Plan(path, source, f"torch.Tensor {str(target_dtype).removeprefix('torch.')} on {device}", tuple(steps))
+
+
+def _steps_to_tensor(
+    leaf: np.ndarray[Any, Any] | np.generic, opts: ToTensorOptions, path: str
+) -> tuple[list[Step], torch.dtype]:
+    steps: list[Step] = []
+    if isinstance(leaf, np.ma.MaskedArray):
+        masked = int(np.ma.count_masked(leaf))  # type: ignore[no-untyped-call]  # NumPy leaves np.ma untyped
+        raise UnsupportedError(
+            "to_tensor",
+            path,
+            f"a masked array's mask would be lost ({masked} of {leaf.size} values masked)",
+            "Pass a.filled(fill_value) for the data, or convert a.data and np.ma.getmaskarray(a) separately",
+        )
+    fresh = isinstance(leaf, np.generic)
+    if fresh:
+        steps.append(Step("scalar", "a NumPy scalar has no shareable memory"))
+    arr = np.asarray(leaf)
+    dt = arr.dtype
+    row = row_for_numpy(dt)
+    readonly = False
+    if row is None:
+        if opts.dtype is None or dt.kind not in "biufc":
+            raise _dtype_error(dt, path)
+        # An explicit dtype for a type torch lacks (longdouble): NumPy does the checked cast.
+        row = row_for_torch(opts.dtype)
+        assert row is not None
+        steps.append(Step("numpy_cast", f"{dt} -> {row.numpy}, torch has no {dt}", row.numpy))
+    elif not dt.isnative and dt.itemsize > 1:
+        steps.append(Step("numpy_copy", "non-native byte order: torch cannot view this memory"))
+    elif _negative_strides(arr)[0]:
+        steps.append(Step("numpy_copy", "negative strides: torch cannot view this memory"))
+    elif arr.size and any(st % dt.itemsize for st in arr.strides):
+        steps.append(Step("numpy_copy", "strides are not whole elements (a field of a packed record?)"))
+    elif not fresh and not arr.flags.writeable and opts.copy is not False and not _copies_later(opts, row.torch):
+        # Copied by NumPy, never handed to torch.from_numpy: the tensor must not alias
+        # read-only memory, and torch's warn-once flag stays unspent for the caller's own code.
+        steps.append(Step("numpy_copy", "read-only memory: writes to the tensor must not reach it"))
+    else:
+        if _negative_strides(arr)[1]:
+            steps.append(Step("restride", "negative strides on axes of size <= 1 do not matter"))
+        readonly = not fresh and not arr.flags.writeable
+    why = f"{row.name} travels as {row.carrier} bits, exactly" if row.carrier is not None else ""
+    if readonly:
+        why = "read-only memory, only read: " + (why or "a copy follows") if opts.copy is not False else why
+    steps.append(Step("share_readonly" if readonly else "share", why, row))
+    if opts.dtype is not None and opts.dtype != row.torch:
+        steps.append(Step("cast", f"{row.name} -> {str(opts.dtype).removeprefix('torch.')}", opts.dtype))
+    steps += device_steps(opts, torch.device("cpu"), path)
+    finish_copies(steps, opts.copy, "to_tensor", path)
+    target = row.torch if opts.dtype is None else opts.dtype
+    if opts.requires_grad:
+        if not (target.is_floating_point or target.is_complex):
+            raise UnsupportedError(
+                "to_tensor",
+                path,
+                f"requires_grad=True needs a float or complex dtype, not {target}",
+                "Pass dtype=torch.float32 as well, or drop requires_grad",
+            )
+        steps.append(Step("requires_grad", "a leaf tensor that records operations"))
+    return steps, target
+
+
+def _copies_later(opts: ToTensorOptions, current: torch.dtype) -> bool:
+    """Whether a cast, a device move or pinning will produce fresh memory anyway."""
+    moves = opts.device is not None and needs_device(opts.device, torch.device("cpu"))
+    return (opts.dtype is not None and opts.dtype != current) or moves or opts.pin_memory
+
+
+def plan_tensor_to_tensor(t: torch.Tensor, opts: ToTensorOptions, path: str) -> Plan:
+    """Plan ``to_tensor`` on a tensor: returned as it is unless dtype, device, copy or grad ask otherwise."""
+    source = describe_tensor(t)
+    steps: list[Step] = []
+    target = opts.dtype or t.dtype
+    try:
+        if opts.dtype is not None and opts.dtype != t.dtype:
+            steps.append(Step("cast", f"{t.dtype} -> {opts.dtype}".replace("torch.", ""), opts.dtype))
+        steps += device_steps(opts, t.device, path)
+        finish_copies(steps, opts.copy, "to_tensor", path)
+        if opts.requires_grad and not t.requires_grad:
+            if not (target.is_floating_point or target.is_complex):
+                raise UnsupportedError(
+                    "to_tensor",
+                    path,
+                    f"requires_grad=True needs a float or complex dtype, not {target}",
+                    "Pass dtype=torch.float32 as well, or drop requires_grad",
+                )
+            steps.append(Step("requires_grad", "a new leaf tensor; the input is not modified"))
+    except ConversionError as err:
+        return Plan(path, source, "torch.Tensor", (), err)
+    device = opts.device or t.device
+    return Plan(path, source, f"torch.Tensor {str(target).removeprefix('torch.')} on {device}", tuple(steps))
