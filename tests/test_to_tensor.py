@@ -398,3 +398,59 @@ def test_python_leaves_pass_through() -> None:
     out = tb.to_tensor(data)
     assert out["n"] == 3 and out["s"] == "text" and out["none"] is None and out["b"] == b"raw"
     assert isinstance(out["arr"], torch.Tensor)
+
+
+SPECIAL = [
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    2.5,
+    127.0,
+    128.0,
+    255.0,
+    256.0,
+    -129.0,
+    65504.0,
+    70000.0,
+    2.0**31,
+    2.0**53,
+    2.0**63,
+    2.0**64,
+    1e300,
+    float("inf"),
+    -float("inf"),
+    float("nan"),
+    1e-300,
+]
+
+
+@pytest.mark.parametrize("dst", EXACT_ROWS, ids=lambda r: r.name)
+@pytest.mark.parametrize("src", EXACT_ROWS, ids=lambda r: r.name)
+def test_every_cast_pair_is_exact_or_refused(src: tb.dtypes.DtypeRow, dst: tb.dtypes.DtypeRow) -> None:
+    """Each value either arrives as the nearest dst value (exactly, for integer targets) or raises."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        pool = (
+            np.array(SPECIAL, dtype=np.float64).astype(src.numpy) if src.numpy.kind != "b" else np.array([0, 1], bool)
+        )
+    for value in pool:
+        a = np.array([value], dtype=src.numpy)
+        try:
+            t = tb.to_tensor(a, dtype=dst.torch)
+        except tb.ValueRangeError:
+            continue
+        assert t.dtype is dst.torch
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")  # the reference casts below may warn about NaN
+            got = tb.to_numpy(t).astype(np.complex128 if dst.numpy.kind == "c" else np.float64)
+            want = a.astype(np.complex128)
+        if dst.numpy.kind != "c":
+            want = want.real  # the check let it through, so the imaginary part was zero
+        if dst.numpy.kind in "iub":
+            expect = (want != 0) if dst.numpy.kind == "b" else want
+            assert np.array_equal(got, expect.astype(got.dtype)), (value, got, want)
+        elif not np.isnan(want).any():
+            # the nearest representable value: at most one rounding away, never inf from a finite value
+            assert np.isfinite(got).all() == np.isfinite(want).all(), (value, got)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import ml_dtypes
 import numpy as np
@@ -37,14 +37,21 @@ class _Limits:
     has_inf: bool
 
 
+def _is_ml(dt: np.dtype[Any]) -> bool:
+    """Whether ``dt`` comes from ml_dtypes (whose ``kind`` is 'V' or, for some, 'f')."""
+    return dt.type.__module__.startswith("ml_dtypes")
+
+
 @functools.cache
 def _limits(dt: np.dtype[Any]) -> _Limits:
     if dt.kind in "iu":
         info = np.iinfo(dt)
         return _Limits(float(info.min), float(info.max), True, False, False)
+    if dt.kind == "b":
+        return _Limits(0.0, 1.0, True, False, False)
     if dt.kind == "c":
         dt = np.dtype(f"f{dt.itemsize // 2}")
-    finder: Any = ml_dtypes.finfo if dt.kind == "V" else np.finfo
+    finder: Any = ml_dtypes.finfo  # NumPy's finfo does not know ml_dtypes; this one knows both
     finfo: Any = finder(dt)
     with np.errstate(all="ignore"):
         special = np.array([np.nan, np.inf], np.float32).astype(dt).astype(np.float32)
@@ -52,33 +59,39 @@ def _limits(dt: np.dtype[Any]) -> _Limits:
 
 
 def needs_check(src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
-    """Return whether a cast from ``src`` to ``dst`` can change a value beyond rounding."""
+    """Return whether a cast from ``src`` to ``dst`` can change a value beyond rounding.
+
+    Decided from the value ranges alone (not ``np.can_cast``, which ml_dtypes answers for
+    precision rather than range).
+    """
     if dst.kind == "b" or src.kind == "b":
         return False  # to bool means "non-zero"; bool fits every type
     if src.kind == "c" and dst.kind != "c":
         return True
-    if np.can_cast(src, dst, "safe"):
-        return False
-    if src.kind in "iu" and dst.kind in "fcV":
-        s, d = _limits(src), _limits(dst)
-        return s.hi > d.hi or s.lo < d.lo
-    return True
+    s, d = _limits(src), _limits(dst)
+    if s.lo < d.lo or s.hi > d.hi:
+        return True
+    if d.integer:
+        return not s.integer  # NaN, inf and fractions
+    return (s.has_nan and not d.has_nan) or (s.has_inf and not d.has_inf)
 
 
-def _is_float(dt: np.dtype[Any]) -> bool:
-    return dt.kind in "fV"
+# torch has no min/max kernels for these; their values are checked through a NumPy view.
+_NO_MINMAX: Final = frozenset({getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n)})
 
 
 def _size(x: Any) -> int:
     return int(x.numel()) if isinstance(x, torch.Tensor) else int(x.size)
 
 
-def _check(chunk: Any, src: np.dtype[Any], dst: np.dtype[Any], path: str) -> None:
-    """Raise ValueRangeError if any value of ``chunk`` (a tensor or an array) does not fit ``dst``."""
+def _check(values: Any, src: np.dtype[Any], dst: np.dtype[Any], path: str) -> None:
+    """Raise ValueRangeError if any value of ``values`` (a tensor or an array) does not fit ``dst``."""
     lim = _limits(dst)
+    if isinstance(values, torch.Tensor) and values.dtype in _NO_MINMAX:
+        values = values.cpu().numpy()
     if src.kind == "c":
         if dst.kind != "c":
-            imag = chunk.imag
+            imag = values.imag
             if bool((imag != 0).any()):
                 raise ValueRangeError(
                     "cast",
@@ -86,19 +99,21 @@ def _check(chunk: Any, src: np.dtype[Any], dst: np.dtype[Any], path: str) -> Non
                     f"a non-zero imaginary part would be dropped casting {src.name} to {dst.name}",
                     "Take .real explicitly, or cast to a complex dtype",
                 )
-            _check(chunk.real, np.dtype(f"f{src.itemsize // 2}"), dst, path)
+            _check(values.real, np.dtype(f"f{src.itemsize // 2}"), dst, path)
             return
         part = np.dtype(f"f{src.itemsize // 2}")
-        _check(chunk.real, part, dst, path)
-        _check(chunk.imag, part, dst, path)
+        _check(values.real, part, dst, path)
+        _check(values.imag, part, dst, path)
         return
-    if src.kind == "V" or (isinstance(chunk, torch.Tensor) and chunk.element_size() == 1 and _is_float(src)):
-        chunk = chunk.float() if isinstance(chunk, torch.Tensor) else chunk.astype(np.float32)
-    if _size(chunk) == 0:
+    if _is_ml(src) and (not isinstance(values, torch.Tensor) or values.element_size() == 1):
+        # float8 has no min/max kernels in torch, and ml_dtypes arrays none in NumPy:
+        # float32 holds every such value exactly.
+        values = values.float() if isinstance(values, torch.Tensor) else values.astype(np.float32)
+    if _size(values) == 0:
         return
-    lo, hi = _min_max(chunk)
+    lo, hi = _min_max(values)
     if math.isnan(lo) or math.isnan(hi) or math.isinf(lo) or math.isinf(hi):
-        lo, hi = _special(chunk, src, dst, lim, path)
+        lo, hi = _special(values, src, dst, lim, path)
     if lim.integer:
         # Casting to an integer truncates toward zero: v fits when lo - 1 < v < hi + 1.
         if lo <= lim.lo - 1 or hi >= lim.hi + 1:
@@ -109,11 +124,11 @@ def _check(chunk: Any, src: np.dtype[Any], dst: np.dtype[Any], path: str) -> Non
                 f"value {bad:g} does not fit {dst.name} (range {lim.lo:g} to {lim.hi:g})",
                 "Clip the data first (np.clip / Tensor.clamp) or choose a wider dtype",
             )
-        if src.kind in "fV":
-            xp: Any = torch if isinstance(chunk, torch.Tensor) else np
-            fractional = chunk != xp.trunc(chunk)
+        if src.kind == "f" or _is_ml(src):
+            xp: Any = torch if isinstance(values, torch.Tensor) else np
+            fractional = values != xp.trunc(values)
             if bool(fractional.any()):
-                bad = float(chunk[fractional].reshape(-1)[0])
+                bad = float(values[fractional].reshape(-1)[0])
                 raise ValueRangeError(
                     "cast",
                     path,
@@ -131,33 +146,33 @@ def _check(chunk: Any, src: np.dtype[Any], dst: np.dtype[Any], path: str) -> Non
         )
 
 
-def _min_max(chunk: Any) -> tuple[float, float]:
+def _min_max(values: Any) -> tuple[float, float]:
     """Both extremes in one pass where the backend has one (NaN propagates into either)."""
-    if isinstance(chunk, torch.Tensor) and chunk.dtype != torch.bool:
-        lo, hi = torch.aminmax(chunk)
+    if isinstance(values, torch.Tensor) and values.dtype != torch.bool:
+        lo, hi = torch.aminmax(values)
         return float(lo), float(hi)
-    return float(chunk.min()), float(chunk.max())
+    return float(values.min()), float(values.max())
 
 
-def _special(chunk: Any, src: np.dtype[Any], dst: np.dtype[Any], lim: _Limits, path: str) -> tuple[float, float]:
-    """Handle NaN and infinity in a chunk; return the range of its finite values."""
-    xp: Any = torch if isinstance(chunk, torch.Tensor) else np
-    finite_mask = xp.isfinite(chunk)
-    if bool(xp.isnan(chunk).any()) and not lim.has_nan:
+def _special(values: Any, src: np.dtype[Any], dst: np.dtype[Any], lim: _Limits, path: str) -> tuple[float, float]:
+    """Handle NaN and infinity; return the range of the finite values."""
+    xp: Any = torch if isinstance(values, torch.Tensor) else np
+    finite_mask = xp.isfinite(values)
+    if bool(xp.isnan(values).any()) and not lim.has_nan:
         raise ValueRangeError(
             "cast",
             path,
             f"NaN cannot be represented in {dst.name}",
             "Replace NaN first (np.nan_to_num / Tensor.nan_to_num) or keep a float dtype",
         )
-    if bool(xp.isinf(chunk).any()) and not lim.has_inf:
+    if bool(xp.isinf(values).any()) and not lim.has_inf:
         raise ValueRangeError(
             "cast",
             path,
             f"infinity cannot be represented in {dst.name}",
             "Replace infinities first (np.nan_to_num / Tensor.nan_to_num) or choose a dtype with inf",
         )
-    finite = chunk[finite_mask]
+    finite = values[finite_mask]
     if _size(finite) == 0:
         return 0.0 if lim.lo <= 0 else lim.lo, 0.0 if lim.lo <= 0 else lim.lo
     return float(finite.min()), float(finite.max())
@@ -166,16 +181,13 @@ def _special(chunk: Any, src: np.dtype[Any], dst: np.dtype[Any], lim: _Limits, p
 def cast_tensor(t: torch.Tensor, dst: torch.dtype, path: str) -> torch.Tensor:
     """Cast a tensor to ``dst`` into fresh memory on its device, refusing values that do not fit."""
     src_np, dst_np = numpy_dtype(t.dtype), numpy_dtype(dst)
-    on_host = t.device.type == "cpu"
-    if not needs_check(src_np, dst_np):
-        return host_copy(t, dst) if on_host else t.to(dst, copy=True)
-    if src_np.kind == "c" and dst_np.kind != "c":
+    if needs_check(src_np, dst_np):
+        # One multithreaded min/max pass, then the cast: measured faster here than checking in
+        # cache-sized valuess, whose per-values dispatch costs more than the cache saves.
         _check(t, src_np, dst_np, path)
-        return host_copy(t.real, dst) if on_host else t.real.to(dst, copy=True)
-    # One multithreaded min/max pass, then the cast: measured faster here than checking in
-    # cache-sized chunks, whose per-chunk dispatch costs more than the cache saves.
-    _check(t, src_np, dst_np, path)
-    return host_copy(t, dst) if on_host else t.to(dst, copy=True)
+    if src_np.kind == "c" and dst_np.kind != "c":
+        t = t.real  # checked above: the imaginary part is zero
+    return host_copy(t, dst) if t.device.type == "cpu" else t.to(dst, copy=True)
 
 
 def cast_array(a: np.ndarray[Any, Any], dst: np.dtype[Any], path: str) -> np.ndarray[Any, Any]:
