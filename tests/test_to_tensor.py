@@ -85,10 +85,30 @@ def test_zero_strides_share_memory() -> None:
     t = tb.to_tensor(b, copy=False)
     assert t.stride() == (0, 1)
     assert t.tolist() == b.tolist()
-    fresh = tb.to_tensor(b)  # read-only -> copied so writes are safe
+    fresh = tb.to_tensor(b)  # read-only -> copied, zero strides kept: only 3 values copied
     assert fresh.tolist() == b.tolist()
-    fresh += 1
+    assert fresh.stride() == (0, 1)
+    assert fresh.data_ptr() != base.ctypes.data
+    fresh[0].copy_(torch.tensor([7.0, 8.0, 9.0]))  # every row is the same memory, as in NumPy
+    assert fresh[3].tolist() == [7.0, 8.0, 9.0]
     assert base.tolist() == [0, 1, 2]
+
+
+def test_huge_broadcast_converts_without_materializing() -> None:
+    b = np.broadcast_to(np.arange(3.0), (10**7, 10**6, 3))  # 240 TB if materialized
+    for kwargs in ({}, {"copy": True}, {"dtype": torch.float32}, {"dtype": torch.float16, "copy": True}):
+        t = tb.to_tensor(b, **kwargs)
+        assert t.shape == b.shape and t.stride() == (0, 0, 1)
+        assert t[123, 456].tolist() == [0.0, 1.0, 2.0]
+    assert "expand" in str(tb.explain(b, dtype=torch.float32))
+
+
+def test_out_of_memory_is_a_conversion_error() -> None:
+    # 240 TB: more than x86-64's 128 TB user address space, so it fails at once even where
+    # the kernel overcommits memory.
+    with pytest.raises(tb.OutOfMemoryError, match="ran out of memory") as info:
+        tb.to_numpy(torch.from_numpy(np.arange(3.0)).expand(10**7, 10**6, 3), copy=True)
+    assert isinstance(info.value, MemoryError)
 
 
 def test_writable_zero_strides_share() -> None:

@@ -15,6 +15,7 @@ from .errors import (
     ConversionError,
     CopyRefusedError,
     DeviceError,
+    OutOfMemoryError,
     StructureError,
     UnsupportedError,
     ValueRangeError,

@@ -62,3 +62,7 @@ class StructureError(ConversionError, ValueError):
 
 class DeviceError(ConversionError, RuntimeError):
     """A device or pinned-memory problem (also a RuntimeError)."""
+
+
+class OutOfMemoryError(ConversionError, MemoryError):
+    """A copy the conversion needs does not fit in memory (also a MemoryError)."""

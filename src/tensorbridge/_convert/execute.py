@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..dtypes import DtypeRow
-from ..errors import ConversionError, DeviceError, UnsupportedError
+from ..errors import ConversionError, DeviceError, OutOfMemoryError, UnsupportedError
 from ..plan import Plan, Step
 from .alloc import host_copy
 from .cast import cast_array, cast_tensor
@@ -31,9 +31,18 @@ def _restride(a: np.ndarray[Any, Any], step: Step, path: str) -> np.ndarray[Any,
     return a[tuple(slice(None, None, -1) if s < 0 else slice(None) for s in a.strides)]
 
 
+def _compact(a: np.ndarray[Any, Any], step: Step, path: str) -> np.ndarray[Any, Any]:
+    # The distinct values of a broadcast (a view); the "expand" step restores its shape.
+    return a[tuple(slice(0, 1) if st == 0 else slice(None) for st in a.strides)]
+
+
 def _numpy_copy(a: np.ndarray[Any, Any], step: Step, path: str) -> np.ndarray[Any, Any]:
     # order="K" keeps the input's axis order (a Fortran array stays Fortran) with positive strides.
     return np.array(a, dtype=a.dtype.newbyteorder("="), order="K", copy=True)
+
+
+def _expand(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
+    return t.expand(step.arg)
 
 
 def _numpy_cast(a: Leaf, step: Step, path: str) -> Leaf:
@@ -132,6 +141,8 @@ _EXECUTORS: Final[dict[str, Callable[[Any, Step, str], Any]]] = {
     "numpy_cast": _numpy_cast,
     "share": _share,
     "share_readonly": _share_readonly,
+    "compact": _compact,
+    "expand": _expand,
     "cast": _cast,
     "to_device": _to_device,
     "pin": _pin,
@@ -145,6 +156,12 @@ _EXECUTORS: Final[dict[str, Callable[[Any, Step, str], Any]]] = {
 }
 
 
+def _nbytes(x: Leaf) -> int:
+    if isinstance(x, torch.Tensor):
+        return int(x.numel() * x.element_size())
+    return int(np.asarray(x).nbytes)
+
+
 def run_plan(leaf: Leaf, plan: Plan) -> Leaf:
     """Carry out ``plan`` on ``leaf``; raise the plan's error if it has one."""
     if plan.error is not None:
@@ -155,11 +172,30 @@ def run_plan(leaf: Leaf, plan: Plan) -> Leaf:
             out = _EXECUTORS[step.kind](out, step, plan.path)
         except ConversionError:
             raise
-        except (RuntimeError, TypeError, ValueError) as err:
-            raise UnsupportedError(
-                "conversion",
-                plan.path,
-                f"step '{step}' failed: {err}",
-                "Report this input to tensorbridge; convert this leaf by hand meanwhile",
-            ) from err
+        except RuntimeError as err:
+            if "can't allocate memory" not in str(err) and not isinstance(err, torch.OutOfMemoryError):
+                raise _step_failed(plan, step, err) from err
+            raise _out_of_memory(plan, step, out) from err
+        except MemoryError as err:
+            raise _out_of_memory(plan, step, out) from err
+        except (TypeError, ValueError) as err:
+            raise _step_failed(plan, step, err) from err
     return out
+
+
+def _out_of_memory(plan: Plan, step: Step, leaf: Leaf) -> OutOfMemoryError:
+    return OutOfMemoryError(
+        "conversion",
+        plan.path,
+        f"step '{step}' ran out of memory (its input holds {_nbytes(leaf)} bytes)",
+        "Convert smaller pieces, or pass copy=False where the layout allows sharing",
+    )
+
+
+def _step_failed(plan: Plan, step: Step, err: Exception) -> UnsupportedError:
+    return UnsupportedError(
+        "conversion",
+        plan.path,
+        f"step '{step}' failed: {err}",
+        "Report this input to tensorbridge; convert this leaf by hand meanwhile",
+    )

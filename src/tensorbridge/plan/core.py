@@ -20,6 +20,8 @@ StepKind = Literal[
     "numpy_cast",
     "share",
     "share_readonly",
+    "compact",
+    "expand",
     "detach",
     "resolve_conj",
     "resolve_neg",

@@ -86,6 +86,12 @@ def _steps_to_tensor(
     if fresh:
         steps.append(Step("scalar", "a NumPy scalar has no shareable memory"))
     arr = np.asarray(leaf)
+    broadcast = arr.size > 0 and any(st == 0 and n > 1 for st, n in zip(arr.strides, arr.shape, strict=True))
+    if broadcast:
+        # A broadcast's zero strides are kept: every step below (copy, cast, move) sees only
+        # the distinct values, and "expand" restores the shape as a view at the end.
+        steps.append(Step("compact", "zero strides: work on the distinct values only"))
+        arr = arr[tuple(slice(0, 1) if st == 0 else slice(None) for st in arr.strides)]
     dt = arr.dtype
     row = row_for_numpy(dt)
     readonly = False
@@ -118,6 +124,8 @@ def _steps_to_tensor(
         steps.append(Step("cast", f"{row.name} -> {str(opts.dtype).removeprefix('torch.')}", opts.dtype))
     steps += device_steps(opts, torch.device("cpu"), path)
     finish_copies(steps, opts.copy, "to_tensor", path)
+    if broadcast:
+        steps.append(Step("expand", f"back to shape {np.shape(leaf)} with zero strides", np.shape(leaf)))
     target = row.torch if opts.dtype is None else opts.dtype
     if opts.requires_grad:
         if not (target.is_floating_point or target.is_complex):
