@@ -30,6 +30,7 @@ __all__ = [
     "CopyRefusedError",
     "DeviceError",
     "Explanation",
+    "OutOfMemoryError",
     "StructureError",
     "UnsupportedError",
     "ValueRangeError",
