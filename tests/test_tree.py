@@ -163,3 +163,17 @@ def test_import_loads_no_optional_framework() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_state_dict_round_trip_keeps_metadata_and_loads() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    sd = model.state_dict()
+    arrays = tb.to_numpy(sd)
+    assert type(arrays) is type(sd) and list(arrays) == list(sd)
+    assert arrays._metadata == sd._metadata  # type: ignore[attr-defined]
+    assert isinstance(arrays["0.weight"], np.ndarray)
+    back = tb.to_tensor(arrays)
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    fresh.load_state_dict(back)
+    assert torch.equal(fresh[0].weight, model[0].weight)
+    assert fresh[1].num_batches_tracked.dtype is torch.int64

@@ -109,8 +109,14 @@ def _unflatten_dict(orig: Any, aux: Any, kids: list[Any]) -> Any:
 def _unflatten_mapping(orig: Any, aux: Any, kids: list[Any]) -> Any:
     items = dict(zip(orig.keys(), kids, strict=True))
     if isinstance(orig, collections.defaultdict):
-        return type(orig)(orig.default_factory, items)
-    new = type(orig)(items)
+        new = type(orig)(orig.default_factory, items)
+    else:
+        new = type(orig)(items)
+    if isinstance(orig, dict) and getattr(orig, "__dict__", None):
+        # Attributes of a dict subclass travel too: a state_dict's _metadata (its version
+        # record for load_state_dict) is one. UserDict keeps its items in __dict__, so only
+        # real dict subclasses take this path.
+        new.__dict__.update(orig.__dict__)
     # A subclass whose constructor takes other arguments can build an empty or different
     # mapping without complaint; never hand that back as the converted data.
     if len(new) != len(items) or any(k not in new for k in items):
