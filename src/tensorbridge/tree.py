@@ -108,10 +108,8 @@ def _unflatten_dict(orig: Any, aux: Any, kids: list[Any]) -> Any:
 
 def _unflatten_mapping(orig: Any, aux: Any, kids: list[Any]) -> Any:
     items = dict(zip(orig.keys(), kids, strict=True))
-    if isinstance(orig, collections.defaultdict):
-        new = type(orig)(orig.default_factory, items)
-    else:
-        new = type(orig)(items)
+    factory = (orig.default_factory,) if isinstance(orig, collections.defaultdict) else ()
+    new = type(orig)(*factory, items)
     if isinstance(orig, dict) and getattr(orig, "__dict__", None):
         # Attributes of a dict subclass travel too: a state_dict's _metadata (its version
         # record for load_state_dict) is one. UserDict keeps its items in __dict__, so only
