@@ -474,3 +474,32 @@ def test_every_cast_pair_is_exact_or_refused(src: tb.dtypes.DtypeRow, dst: tb.dt
         elif not np.isnan(want).any():
             # the nearest representable value: at most one rounding away, never inf from a finite value
             assert np.isfinite(got).all() == np.isfinite(want).all(), (value, got)
+
+
+def _nearest_float16(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The correctly rounded float16 (ties to even), by brute force over all finite codes."""
+    codes = np.arange(2**16, dtype=np.uint16)
+    every = codes.view(np.float16).astype(np.float64)
+    finite = np.isfinite(every)
+    codes, every = codes[finite], every[finite]
+    order = np.lexsort((codes, every))
+    codes, every = codes[order], every[order]
+    out = []
+    for v in values:
+        i = int(np.searchsorted(every, v))
+        near = [j for j in (i - 1, i, i + 1) if 0 <= j < len(every)]
+        best = min(abs(every[j] - v) for j in near)
+        ties = [int(codes[j]) for j in near if abs(every[j] - v) == best]
+        out.append(next((c for c in ties if c % 2 == 0), ties[0]))
+    return np.array(out, dtype=np.uint16)
+
+
+def test_float64_to_float16_is_correctly_rounded() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(2 * 10**6) * 8000
+    torch_way = torch.from_numpy(x).to(torch.float16).view(torch.int16).numpy().view(np.uint16)
+    ours = tb.to_numpy(tb.to_tensor(x, dtype=torch.float16)).view(np.uint16)
+    differ = np.nonzero(torch_way != ours)[0][:50]
+    assert len(differ) > 0  # torch rounds twice here; if that is fixed upstream, this test says so
+    assert np.array_equal(ours[differ], _nearest_float16(x[differ]))
+    assert np.array_equal(ours, x.astype(np.float16).view(np.uint16))
