@@ -177,3 +177,29 @@ def test_state_dict_round_trip_keeps_metadata_and_loads() -> None:
     fresh.load_state_dict(back)
     assert torch.equal(fresh[0].weight, model[0].weight)
     assert fresh[1].num_batches_tracked.dtype is torch.int64
+
+
+def test_errors_pickle_and_rebuild_from_text() -> None:
+    import pickle
+
+    with pytest.raises(tb.UnsupportedError) as info:
+        tb.to_tensor({"k": np.array(["x"])})
+    err = info.value
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is type(err) and str(again) == str(err) and again.path == "data['k']"
+    rebuilt = type(err)(str(err))  # what torch's DataLoader does with a worker's exception
+    assert isinstance(rebuilt, TypeError) and str(rebuilt) == str(err)
+    assert type(rebuilt)(str(rebuilt)).args == rebuilt.args
+    assert str(pickle.loads(pickle.dumps(rebuilt))) == str(err)
+
+
+def test_key_with_a_broken_repr_does_not_hide_the_error() -> None:
+    class Key:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+        def __hash__(self) -> int:
+            return 1
+
+    with pytest.raises(tb.UnsupportedError, match=r"data\[<Key object>\]"):
+        tb.to_tensor({Key(): np.array(["x"])})

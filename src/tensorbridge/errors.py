@@ -36,12 +36,20 @@ class ConversionError(Exception):
         data['x']
     """
 
-    def __init__(self, what: str, path: str, cause: str, fix: str) -> None:
+    def __init__(self, what: str, path: str | None = None, cause: str = "", fix: str = "") -> None:
         self.what = what
-        self.path = path
+        self.path = path or ""
         self.cause = cause
         self.fix = fix
-        super().__init__(f"{what} at {path}: {cause}. {fix}.")
+        # A bare message is accepted too, so code that rebuilds exceptions from their text
+        # (torch's DataLoader workers do) gets the same class back.
+        super().__init__(what if path is None else f"{what} at {path}: {cause}. {fix}.")
+
+    def __reduce__(self) -> tuple[type[ConversionError], tuple[str, str | None, str, str]]:
+        # Keeps the structured fields across pickling (multiprocessing, concurrent.futures).
+        if not self.path:
+            return type(self), (str(self), None, "", "")
+        return type(self), (self.what, self.path, self.cause, self.fix)
 
 
 class UnsupportedError(ConversionError, TypeError):

@@ -203,12 +203,19 @@ def spec_for(cls: type) -> ContainerSpec | None:
 # --- walking --------------------------------------------------------------------------------
 
 
+def _safe_repr(key: object) -> str:
+    try:
+        return repr(key)
+    except Exception:  # a key whose repr fails must not hide the error being reported
+        return f"<{type(key).__name__} object>"
+
+
 def format_path(path: Path, root: str = "data") -> str:
     """Format a key path, e.g. ``data['images'][3].mask``."""
     parts = []
     while path:
         path, style, key = path
-        parts.append(f".{key}" if style == "attr" else f"[{key!r}]")
+        parts.append(f".{key}" if style == "attr" else f"[{_safe_repr(key)}]")
     return root + "".join(reversed(parts))
 
 
