@@ -35,6 +35,11 @@ def make(row: tb.dtypes.DtypeRow, shape: tuple[int, ...], layout: str, seed: int
         return np.asfortranarray(base)
     if layout == "reversed" and base.ndim:
         return base[..., ::-1]
+    if layout == "reversed_all":
+        return base[(slice(None, None, -1),) * base.ndim]
+    if layout == "reversed_readonly" and base.ndim:
+        base.flags.writeable = False
+        return base[..., ::-1]
     if layout == "reversed_size1":
         return random_bits(row, (1, *shape), seed)[::-1]
     if layout == "step" and base.ndim:

@@ -232,8 +232,7 @@ def explain(data: Any, to: Literal["tensor", "numpy"] = "tensor", **options: Any
         False
         >>> print(plan)  # doctest: +ELLIPSIS
         data: numpy.ndarray float64 shape (2, 3) strides (24, -8) -> torch.Tensor float64 on cpu
-            - numpy copy (negative strides: torch cannot view this memory)
-            - share
+            - flip copy (negative strides on axis 1: gathered back in order by torch)
             => fresh memory
     """
     leaves = iter_leaves(data, _is_leaf)

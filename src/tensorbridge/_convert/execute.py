@@ -12,7 +12,7 @@ import torch
 from ..dtypes import DtypeRow
 from ..errors import ConversionError, DeviceError, OutOfMemoryError, UnsupportedError
 from ..plan import Plan, Step
-from .alloc import host_copy
+from .alloc import host_copy, host_empty
 from .cast import cast_array, cast_tensor
 
 __all__ = ["run_plan"]
@@ -52,10 +52,32 @@ def _numpy_cast(a: Leaf, step: Step, path: str) -> Leaf:
 
 
 def _share(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
-    row: DtypeRow = step.arg
+    row: DtypeRow = step.arg if isinstance(step.arg, DtypeRow) else step.arg[1]
     if row.carrier is not None:
         return torch.from_numpy(a.view(row.carrier)).view(row.torch)
     return torch.from_numpy(a)
+
+
+def _flip_copy(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
+    axis, row = step.arg
+    # Reversing every negatively strided axis gives a view torch accepts; index_select then
+    # gathers the one axis that matters back in order, straight into fresh memory.
+    # The gather runs on same-size integer bits: index_select lacks kernels for some dtypes.
+    forward = a[tuple(slice(None, None, -1) if st < 0 else slice(None) for st in a.strides)]
+    out = host_empty(tuple(a.shape), row.torch)
+    order = torch.arange(a.shape[axis] - 1, -1, -1)
+    torch.index_select(_bits(_share(forward, step, path)), axis, order, out=_bits(out))
+    return out
+
+
+_BITS: Final = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The same memory as integers of the same size (complex128 as pairs of int64)."""
+    if t.element_size() == 16:
+        return torch.view_as_real(t).view(torch.int64)
+    return t.view(_BITS[t.element_size()])
 
 
 def _share_readonly(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
@@ -141,6 +163,7 @@ _EXECUTORS: Final[dict[str, Callable[[Any, Step, str], Any]]] = {
     "numpy_cast": _numpy_cast,
     "share": _share,
     "share_readonly": _share_readonly,
+    "flip_copy": _flip_copy,
     "compact": _compact,
     "expand": _expand,
     "cast": _cast,

@@ -17,6 +17,7 @@ StepKind = Literal[
     "scalar",
     "restride",
     "numpy_copy",
+    "flip_copy",
     "numpy_cast",
     "share",
     "share_readonly",
@@ -38,6 +39,7 @@ COPYING: Final[frozenset[str]] = frozenset(
     {
         "scalar",
         "numpy_copy",
+        "flip_copy",
         "numpy_cast",
         "to_host",
         "resolve_conj",

@@ -105,7 +105,15 @@ def _steps_to_tensor(
     elif not dt.isnative and dt.itemsize > 1:
         steps.append(Step("numpy_copy", "non-native byte order: torch cannot view this memory"))
     elif _negative_strides(arr)[0]:
-        steps.append(Step("numpy_copy", "negative strides: torch cannot view this memory"))
+        reversed_axes = [i for i, (st, n) in enumerate(zip(arr.strides, arr.shape, strict=True)) if st < 0 and n > 1]
+        whole = not any(st % dt.itemsize for st in arr.strides)
+        if len(reversed_axes) == 1 and whole and arr.flags.writeable:
+            # torch views the axis in reverse (positive strides) and gathers it back in order
+            # into fresh memory: measured ~1.5-2x faster than NumPy's copy (bench_core 4a).
+            why = f"negative strides on axis {reversed_axes[0]}: gathered back in order by torch"
+            steps.append(Step("flip_copy", why, (reversed_axes[0], row)))
+        else:
+            steps.append(Step("numpy_copy", "negative strides: torch cannot view this memory"))
     elif arr.size and any(st % dt.itemsize for st in arr.strides):
         steps.append(Step("numpy_copy", "strides are not whole elements (a field of a packed record?)"))
     elif not fresh and not arr.flags.writeable and opts.copy is not False and not _copies_later(opts, row.torch):
@@ -119,7 +127,8 @@ def _steps_to_tensor(
     why = f"{row.name} travels as {row.carrier} bits, exactly" if row.carrier is not None else ""
     if readonly:
         why = "read-only memory, only read: " + (why or "a copy follows") if opts.copy is not False else why
-    steps.append(Step("share_readonly" if readonly else "share", why, row))
+    if not steps or steps[-1].kind != "flip_copy":  # flip_copy produces the tensor itself
+        steps.append(Step("share_readonly" if readonly else "share", why, row))
     if opts.dtype is not None and opts.dtype != row.torch:
         steps.append(Step("cast", f"{row.name} -> {str(opts.dtype).removeprefix('torch.')}", opts.dtype))
     steps += device_steps(opts, torch.device("cpu"), path)
