@@ -137,15 +137,19 @@ def _steps_to_tensor(
         steps.append(Step("expand", f"back to shape {np.shape(leaf)} with zero strides", np.shape(leaf)))
     target = row.torch if opts.dtype is None else opts.dtype
     if opts.requires_grad:
-        if not (target.is_floating_point or target.is_complex):
-            raise UnsupportedError(
-                "to_tensor",
-                path,
-                f"requires_grad=True needs a float or complex dtype, not {target}",
-                "Pass dtype=torch.float32 as well, or drop requires_grad",
-            )
-        steps.append(Step("requires_grad", "a leaf tensor that records operations"))
+        steps.append(_grad_step(target, path, "a leaf tensor that records operations"))
     return steps, target
+
+
+def _grad_step(target: torch.dtype, path: str, why: str) -> Step:
+    if not (target.is_floating_point or target.is_complex):
+        raise UnsupportedError(
+            "to_tensor",
+            path,
+            f"requires_grad=True needs a float or complex dtype, not {target}",
+            "Pass dtype=torch.float32 as well, or drop requires_grad",
+        )
+    return Step("requires_grad", why)
 
 
 def _copies_later(opts: ToTensorOptions, current: torch.dtype) -> bool:
@@ -165,14 +169,7 @@ def plan_tensor_to_tensor(t: torch.Tensor, opts: ToTensorOptions, path: str) -> 
         steps += device_steps(opts, t.device, path)
         finish_copies(steps, opts.copy, "to_tensor", path)
         if opts.requires_grad and not t.requires_grad:
-            if not (target.is_floating_point or target.is_complex):
-                raise UnsupportedError(
-                    "to_tensor",
-                    path,
-                    f"requires_grad=True needs a float or complex dtype, not {target}",
-                    "Pass dtype=torch.float32 as well, or drop requires_grad",
-                )
-            steps.append(Step("requires_grad", "a new leaf tensor; the input is not modified"))
+            steps.append(_grad_step(target, path, "a new leaf tensor; the input is not modified"))
     except ConversionError as err:
         return Plan(path, source, "torch.Tensor", (), err)
     device = opts.device or t.device
