@@ -173,7 +173,7 @@ def run_tour(quiet: bool = False) -> int:
     tensor_a = tour.stop("NumPy -> tensor, keeping the dtype (torch.from_numpy)", "np_array", np_array, "tensor")
     tour.stop("NumPy -> float32 tensor (torch.Tensor(np_array))", "np_array", np_array, "tensor", dtype=torch.float32)
     tour.stop(
-        "NumPy -> tensor of a chosen dtype (torch.tensor(np_array, dtype=torch.int32))",
+        "NumPy -> tensor of a chosen dtype (torch.tensor(np_array, dtype=torch.int32); from_numpy takes no dtype)",
         "np_array",
         np_array,
         "tensor",
