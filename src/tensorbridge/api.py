@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 import torch
@@ -66,6 +66,45 @@ def _tensor_leaf_default(x: Any, path: Path) -> Any:
     elif type(x) is _Tensor:
         return x
     return _tensor_leaf(x, path, _DEFAULT_TENSOR)
+
+
+_Container = TypeVar("_Container", dict[Any, Any], list[Any], tuple[Any, ...])
+
+
+@overload
+def to_tensor(
+    data: np.ndarray[Any, Any] | np.generic | torch.Tensor,
+    dtype: object = None,
+    device: object = None,
+    *,
+    copy: bool | None = None,
+    requires_grad: bool = False,
+    pin_memory: bool = False,
+) -> torch.Tensor: ...
+
+
+@overload
+def to_tensor(
+    data: _Container,
+    dtype: object = None,
+    device: object = None,
+    *,
+    copy: bool | None = None,
+    requires_grad: bool = False,
+    pin_memory: bool = False,
+) -> _Container: ...
+
+
+@overload
+def to_tensor(
+    data: Any,
+    dtype: object = None,
+    device: object = None,
+    *,
+    copy: bool | None = None,
+    requires_grad: bool = False,
+    pin_memory: bool = False,
+) -> Any: ...
 
 
 def to_tensor(
@@ -149,6 +188,20 @@ def _numpy_leaf_default(x: Any, path: Path) -> Any:
     elif isinstance(x, _ndarray):
         return x
     return _numpy_leaf(x, path, _DEFAULT_NUMPY)
+
+
+@overload
+def to_numpy(
+    data: torch.Tensor | np.ndarray[Any, Any] | np.generic, dtype: object = None, *, copy: bool | None = None
+) -> np.ndarray[Any, Any]: ...
+
+
+@overload
+def to_numpy(data: _Container, dtype: object = None, *, copy: bool | None = None) -> _Container: ...
+
+
+@overload
+def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None) -> Any: ...
 
 
 def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None) -> Any:
