@@ -503,3 +503,18 @@ def test_float64_to_float16_is_correctly_rounded() -> None:
     assert len(differ) > 0  # torch rounds twice here; if that is fixed upstream, this test says so
     assert np.array_equal(ours[differ], _nearest_float16(x[differ]))
     assert np.array_equal(ours, x.astype(np.float16).view(np.uint16))
+
+
+def test_ml_dtypes_kinds_torch_lacks() -> None:
+    for name, wanted in (("float8_e3m4", torch.float32), ("float4_e2m1fn", torch.float32), ("int4", torch.int8)):
+        kind = getattr(ml_dtypes, name, None)
+        if kind is None:
+            continue  # older ml_dtypes
+        a = np.array([1, -2, 0], dtype=np.float32).astype(kind)
+        with pytest.raises(tb.UnsupportedError, match=f"ml_dtypes {name} has no torch dtype"):
+            tb.to_tensor({"q": a})
+        t = tb.to_tensor(a, dtype=wanted)
+        assert t.dtype is wanted and t.tolist() == [1, -2, 0]
+    if hasattr(ml_dtypes, "int4"):
+        with pytest.raises(tb.ValueRangeError, match="value 9 does not fit int4"):
+            tb.to_numpy(np.array([9]), dtype=ml_dtypes.int4)

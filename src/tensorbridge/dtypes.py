@@ -132,6 +132,11 @@ def row_for_numpy(dt: np.dtype[Any]) -> DtypeRow | None:
     return row
 
 
+def is_ml_dtype(dt: np.dtype[Any]) -> bool:
+    """Whether ``dt`` comes from ml_dtypes (its ``kind`` is 'V', or 'f' for some kinds)."""
+    return dt.type.__module__.startswith("ml_dtypes")
+
+
 def row_for_torch(dt: torch.dtype) -> DtypeRow | None:
     """Return the row for a torch dtype, or ``None`` when NumPy cannot hold it."""
     return _BY_TORCH.get(dt)

@@ -21,7 +21,7 @@ import ml_dtypes
 import numpy as np
 import torch
 
-from ..dtypes import numpy_dtype
+from ..dtypes import is_ml_dtype, numpy_dtype
 from ..errors import ValueRangeError
 from .alloc import host_copy
 
@@ -37,9 +37,13 @@ class _Limits:
     has_inf: bool
 
 
-def _is_ml(dt: np.dtype[Any]) -> bool:
-    """Whether ``dt`` comes from ml_dtypes (whose ``kind`` is 'V' or, for some, 'f')."""
-    return dt.type.__module__.startswith("ml_dtypes")
+def _ml_is_float(dt: np.dtype[Any]) -> bool:
+    try:
+        finder: Any = ml_dtypes.finfo
+        finder(dt)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 @functools.cache
@@ -51,6 +55,10 @@ def _limits(dt: np.dtype[Any]) -> _Limits:
         return _Limits(0.0, 1.0, True, False, False)
     if dt.kind == "c":
         dt = np.dtype(f"f{dt.itemsize // 2}")
+    if is_ml_dtype(dt) and not _ml_is_float(dt):  # int4, uint4, int2...
+        iinfo: Any = ml_dtypes.iinfo
+        small = iinfo(dt)
+        return _Limits(float(small.min), float(small.max), True, False, False)
     finder: Any = ml_dtypes.finfo  # NumPy's finfo does not know ml_dtypes; this one knows both
     finfo: Any = finder(dt)
     with np.errstate(all="ignore"):
@@ -110,7 +118,7 @@ def _check(values: Any, src: np.dtype[Any], dst: np.dtype[Any], path: str) -> No
         _check(values.real, part, dst, path)
         _check(values.imag, part, dst, path)
         return
-    if _is_ml(src) and (not isinstance(values, torch.Tensor) or values.element_size() == 1):
+    if is_ml_dtype(src) and (not isinstance(values, torch.Tensor) or values.element_size() == 1):
         # float8 has no min/max kernels in torch, and ml_dtypes arrays none in NumPy:
         # float32 holds every such value exactly.
         values = values.float() if isinstance(values, torch.Tensor) else values.astype(np.float32)
@@ -129,7 +137,7 @@ def _check(values: Any, src: np.dtype[Any], dst: np.dtype[Any], path: str) -> No
                 f"value {bad:g} does not fit {dst.name} (range {lim.lo:g} to {lim.hi:g})",
                 "Clip the data first (np.clip / Tensor.clamp) or choose a wider dtype",
             )
-        if src.kind == "f" or _is_ml(src):
+        if src.kind == "f" or is_ml_dtype(src):
             xp: Any = torch if isinstance(values, torch.Tensor) else np
             fractional = values != xp.trunc(values)
             if bool(fractional.any()):

@@ -7,7 +7,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from ..dtypes import row_for_numpy, row_for_torch
+from ..dtypes import is_ml_dtype, row_for_numpy, row_for_torch
 from ..errors import ConversionError, UnsupportedError
 from .core import (
     Plan,
@@ -38,7 +38,19 @@ _KIND_FIX: Final = {
 }
 
 
+def _castable(dt: np.dtype[Any]) -> bool:
+    """Whether an explicit ``dtype=`` can convert this dtype torch lacks (by a checked NumPy cast)."""
+    return dt.kind in "biufc" or (is_ml_dtype(dt) and dt.kind == "V")
+
+
 def _dtype_error(dt: np.dtype[Any], path: str) -> UnsupportedError:
+    if is_ml_dtype(dt):
+        fix = "Pass dtype=torch.float32 (it holds every value of the small float kinds exactly)"
+        if _castable(dt):
+            fix += ", or torch.int8 for the small integer kinds"
+        else:
+            fix = "Cast it yourself first, e.g. a.astype(np.complex64)"
+        return UnsupportedError("to_tensor", path, f"ml_dtypes {dt} has no torch dtype", fix)
     if dt.kind in _KIND_FIX:
         why, fix = _KIND_FIX[dt.kind]
         return UnsupportedError("to_tensor", path, f"dtype {dt} is not supported: {why}", fix)
@@ -96,7 +108,7 @@ def _steps_to_tensor(
     row = row_for_numpy(dt)
     readonly = False
     if row is None:
-        if opts.dtype is None or dt.kind not in "biufc":
+        if opts.dtype is None or not _castable(dt):
             raise _dtype_error(dt, path)
         # An explicit dtype for a type torch lacks (longdouble): NumPy does the checked cast.
         row = row_for_torch(opts.dtype)
