@@ -24,11 +24,15 @@ def _scalar(x: Leaf, step: Step, path: str) -> Leaf:
     return np.array(x)
 
 
-def _restride(a: np.ndarray[Any, Any], step: Step, path: str) -> np.ndarray[Any, Any]:
-    # A stride on an axis of size <= 1 (or of an empty array) is never used to address memory.
-    # Reversing such an axis flips the stride's sign and, for a size-1 axis, leaves the data
-    # pointer where it was: the same view with non-negative strides (any dtype, any NumPy).
+def _forward(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The view with every negatively strided axis reversed: non-negative strides only."""
     return a[tuple(slice(None, None, -1) if s < 0 else slice(None) for s in a.strides)]
+
+
+def _restride(a: np.ndarray[Any, Any], step: Step, path: str) -> np.ndarray[Any, Any]:
+    # A stride on an axis of size <= 1 (or of an empty array) is never used to address memory,
+    # and reversing a size-1 axis leaves the data pointer where it was: the same view.
+    return _forward(a)
 
 
 def _compact(a: np.ndarray[Any, Any], step: Step, path: str) -> np.ndarray[Any, Any]:
@@ -51,11 +55,14 @@ def _numpy_cast(a: Leaf, step: Step, path: str) -> Leaf:
     return cast_array(np.asarray(a), step.arg, path)
 
 
-def _share(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
-    row: DtypeRow = step.arg if isinstance(step.arg, DtypeRow) else step.arg[1]
+def _view_as_tensor(a: np.ndarray[Any, Any], row: DtypeRow) -> torch.Tensor:
     if row.carrier is not None:
         return torch.from_numpy(a.view(row.carrier)).view(row.torch)
     return torch.from_numpy(a)
+
+
+def _share(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
+    return _view_as_tensor(a, step.arg)
 
 
 def _flip_copy(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
@@ -63,10 +70,9 @@ def _flip_copy(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
     # Reversing every negatively strided axis gives a view torch accepts; index_select then
     # gathers the one axis that matters back in order, straight into fresh memory.
     # The gather runs on same-size integer bits: index_select lacks kernels for some dtypes.
-    forward = a[tuple(slice(None, None, -1) if st < 0 else slice(None) for st in a.strides)]
     out = host_empty(tuple(a.shape), row.torch)
     order = torch.arange(a.shape[axis] - 1, -1, -1)
-    torch.index_select(_bits(_share(forward, step, path)), axis, order, out=_bits(out))
+    torch.index_select(_bits(_view_as_tensor(_forward(a), row)), axis, order, out=_bits(out))
     return out
 
 
