@@ -98,16 +98,20 @@ def register_container(
 # --- built-in rules -------------------------------------------------------------------------
 
 
-def _flatten_mapping(m: Mapping[Any, Any]) -> tuple[list[Any], list[Any], None]:
-    return list(m.values()), list(m.keys()), None
+def _flatten_mapping(m: Mapping[Any, Any]) -> tuple[list[Any], list[Any], list[Any]]:
+    # One pass over items() pairs each value with its key, whatever order a Mapping's
+    # keys() and values() would give separately; the keys travel as aux to the rebuild.
+    pairs = list(m.items())
+    keys = [k for k, _ in pairs]
+    return [v for _, v in pairs], keys, keys
 
 
-def _unflatten_dict(orig: Any, aux: Any, kids: list[Any]) -> Any:
-    return dict(zip(orig.keys(), kids, strict=True))
+def _unflatten_dict(orig: Any, keys: list[Any], kids: list[Any]) -> Any:
+    return dict(zip(keys, kids, strict=True))
 
 
-def _unflatten_mapping(orig: Any, aux: Any, kids: list[Any]) -> Any:
-    items = dict(zip(orig.keys(), kids, strict=True))
+def _unflatten_mapping(orig: Any, keys: list[Any], kids: list[Any]) -> Any:
+    items = dict(zip(keys, kids, strict=True))
     factory = (orig.default_factory,) if isinstance(orig, collections.defaultdict) else ()
     new = type(orig)(*factory, items)
     if isinstance(orig, dict) and getattr(orig, "__dict__", None):
