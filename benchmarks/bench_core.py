@@ -348,38 +348,34 @@ def _case_big_endian(rows: list[Row], nbytes: int, rounds: int) -> None:
     )
 
 
-def _case_narrowing(rows: list[Row], nbytes: int, rounds: int) -> None:
-    # 4c. narrowing cast float64 -> float32 (checked by tensorbridge: values must fit).
-    a = np.random.default_rng(4).standard_normal(nbytes // 8)
+def _cast_case(
+    rows: list[Row], label: str, a: np.ndarray, np_dtype: Any, torch_dtype: torch.dtype, rounds: int
+) -> None:
+    """A 256 MB cast into fresh memory, against NumPy's astype and torch's .to()."""
     fn = torch.from_numpy
     big_case(
         rows,
-        f"4c. to_tensor(float64 {nbytes >> 20} MB, dtype=float32)",
-        lambda: tb.to_tensor(a, dtype=torch.float32),
+        label,
+        lambda: tb.to_tensor(a, dtype=torch_dtype),
         {
-            "from_numpy(a.astype(np.float32))": lambda: fn(a.astype(np.float32)),
-            "from_numpy(a).to(torch.float32)": lambda: fn(a).to(torch.float32),
+            f"from_numpy(a.astype({np.dtype(np_dtype).name}))": lambda: fn(a.astype(np_dtype)),
+            f"from_numpy(a).to({torch_dtype})": lambda: fn(a).to(torch_dtype),
         },
         rounds,
-        _fresh_check(a, a.astype(np.float32)),
+        _fresh_check(a, a.astype(np_dtype)),
     )
+
+
+def _case_narrowing(rows: list[Row], nbytes: int, rounds: int) -> None:
+    # 4c. narrowing cast float64 -> float32 (checked by tensorbridge: values must fit).
+    a = np.random.default_rng(4).standard_normal(nbytes // 8)
+    _cast_case(rows, f"4c. to_tensor(float64 {nbytes >> 20} MB, dtype=float32)", a, np.float32, torch.float32, rounds)
 
 
 def _case_widening(rows: list[Row], nbytes: int, rounds: int) -> None:
     # 4d. widening cast int32 -> float64 (no check needed).
     a = np.random.default_rng(5).integers(-(1 << 31), (1 << 31) - 1, nbytes // 4, dtype=np.int32)
-    fn = torch.from_numpy
-    big_case(
-        rows,
-        f"4d. to_tensor(int32 {nbytes >> 20} MB, dtype=float64)",
-        lambda: tb.to_tensor(a, dtype=torch.float64),
-        {
-            "from_numpy(a.astype(np.float64))": lambda: fn(a.astype(np.float64)),
-            "from_numpy(a).to(torch.float64)": lambda: fn(a).to(torch.float64),
-        },
-        rounds,
-        _fresh_check(a, a.astype(np.float64)),
-    )
+    _cast_case(rows, f"4d. to_tensor(int32 {nbytes >> 20} MB, dtype=float64)", a, np.float64, torch.float64, rounds)
 
 
 def big_cases(rows: list[Row], quick: bool) -> None:
