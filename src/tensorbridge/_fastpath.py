@@ -64,19 +64,20 @@ def fast_to_tensor(obj: Any, depth: int = 0) -> Any:
 def fast_to_numpy(obj: Any, depth: int = 0) -> Any:
     """Convert with ``Tensor.numpy()`` only, or raise :class:`Bail`."""
     cls = type(obj)
-    if cls is _Tensor:
-        try:
+    try:
+        if cls is _Tensor:
             return obj.numpy()
-        except (TypeError, RuntimeError):
-            raise Bail from None
-    if depth >= MAX_DEPTH:
-        raise Bail
-    if cls is dict:
-        return {k: fast_to_numpy(v, depth + 1) for k, v in obj.items()}
-    if cls is list:
-        return [fast_to_numpy(v, depth + 1) for v in obj]
-    if cls is tuple:
-        return tuple([fast_to_numpy(v, depth + 1) for v in obj])
+        if depth >= MAX_DEPTH:
+            raise Bail
+        # Tensor items are converted inline, as in fast_to_tensor.
+        if cls is dict:
+            return {k: v.numpy() if type(v) is _Tensor else fast_to_numpy(v, depth + 1) for k, v in obj.items()}
+        if cls is list or cls is tuple:
+            out = [v.numpy() if type(v) is _Tensor else fast_to_numpy(v, depth + 1) for v in obj]
+            return out if cls is list else tuple(out)
+    except (TypeError, RuntimeError):
+        # .numpy() refused a leaf (requires grad, bfloat16, a device...): the planner knows why.
+        raise Bail from None
     if cls is _ndarray or cls in _PLAIN:
         return obj
     raise Bail

@@ -8,6 +8,9 @@ first write than the copy itself takes (measured in ``benchmarks/bench_core.py``
 
 from __future__ import annotations
 
+import math
+from typing import Final
+
 import numpy as np
 import torch
 
@@ -16,10 +19,18 @@ from ..dtypes import row_for_torch
 __all__ = ["host_copy", "host_empty"]
 
 
+# Below this, glibc serves allocations from its heap and reuses freed memory without page
+# faults, so torch's allocator is as good; above it every buffer is a fresh mapping, and
+# NumPy's huge-page request is what keeps the page faults cheap (glibc's largest dynamic
+# mmap threshold on 64-bit systems is 32 MiB).
+HUGE_PAGE_MIN_BYTES: Final = 32 << 20
+
+
 def host_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Return an uninitialized C-contiguous CPU tensor whose memory NumPy allocated."""
+    """Return an uninitialized C-contiguous CPU tensor; large ones get memory NumPy allocated."""
     row = row_for_torch(dtype)
-    if row is None or not row.exact:
+    nbytes = math.prod(shape) * dtype.itemsize
+    if row is None or not row.exact or nbytes < HUGE_PAGE_MIN_BYTES:
         return torch.empty(shape, dtype=dtype)
     if row.carrier is None:
         return torch.from_numpy(np.empty(shape, row.numpy))

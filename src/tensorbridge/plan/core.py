@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -90,17 +92,30 @@ class Plan:
 
     Attributes:
         path: the leaf's key path, e.g. ``data['x'][0]``.
-        source: the input, described (type, dtype, shape, strides, flags).
-        target: the output, described.
+        describe: returns (source, target) descriptions; called only when a person reads the
+            plan, so converting never pays for formatting shapes, strides and dtypes.
         steps: the actions in order; empty when the input is returned as it is.
         error: the error converting raises instead, if any.
     """
 
     path: str
-    source: str
-    target: str
+    describe: Callable[[], tuple[str, str]] = field(repr=False, compare=False)
     steps: tuple[Step, ...] = ()
     error: ConversionError | None = field(default=None, compare=False)
+
+    @cached_property
+    def _described(self) -> tuple[str, str]:
+        return self.describe()
+
+    @property
+    def source(self) -> str:
+        """The input, described (type, dtype, shape, strides, flags)."""
+        return self._described[0]
+
+    @property
+    def target(self) -> str:
+        """The output, described."""
+        return self._described[1]
 
     @property
     def shares_memory(self) -> bool:

@@ -47,7 +47,10 @@ def _layout_problem(t: torch.Tensor) -> str | None:
 
 def plan_to_numpy(leaf: torch.Tensor | np.ndarray[Any, Any] | np.generic, opts: ToNumpyOptions, path: str) -> Plan:
     """Plan converting a tensor (or a NumPy leaf, for dtype/copy) to a NumPy array."""
-    source = describe_tensor(leaf) if isinstance(leaf, torch.Tensor) else describe_array(leaf)
+
+    def source() -> str:
+        return describe_tensor(leaf) if isinstance(leaf, torch.Tensor) else describe_array(leaf)
+
     try:
         steps, dt = (
             _steps_tensor_to_numpy(leaf, opts, path)
@@ -55,8 +58,8 @@ def plan_to_numpy(leaf: torch.Tensor | np.ndarray[Any, Any] | np.generic, opts: 
             else _steps_array_to_numpy(leaf, opts, path)
         )
     except ConversionError as err:
-        return Plan(path, source, "numpy.ndarray", (), err)
-    return Plan(path, source, f"numpy.ndarray {dt}", tuple(steps))
+        return Plan(path, lambda: (source(), "numpy.ndarray"), (), err)
+    return Plan(path, lambda: (source(), f"numpy.ndarray {dt}"), tuple(steps))
 
 
 def _steps_tensor_to_numpy(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> tuple[list[Step], np.dtype[Any]]:

@@ -73,13 +73,15 @@ def _negative_strides(a: np.ndarray[Any, Any]) -> tuple[bool, bool]:
 
 def plan_to_tensor(leaf: np.ndarray[Any, Any] | np.generic, opts: ToTensorOptions, path: str) -> Plan:
     """Plan converting a NumPy array or scalar to a tensor."""
-    source = describe_array(leaf)
     try:
         steps, target_dtype = _steps_to_tensor(leaf, opts, path)
     except ConversionError as err:
-        return Plan(path, source, "torch.Tensor", (), err)
-    device = opts.device or torch.device("cpu")
-    return Plan(path, source, f"torch.Tensor {str(target_dtype).removeprefix('torch.')} on {device}", tuple(steps))
+        return Plan(path, lambda: (describe_array(leaf), "torch.Tensor"), (), err)
+    return Plan(path, lambda: (describe_array(leaf), _tensor_target(target_dtype, opts.device)), tuple(steps))
+
+
+def _tensor_target(dtype: torch.dtype, device: torch.device | None) -> str:
+    return f"torch.Tensor {str(dtype).removeprefix('torch.')} on {device or torch.device('cpu')}"
 
 
 def _steps_to_tensor(
@@ -106,6 +108,7 @@ def _steps_to_tensor(
         arr = arr[tuple(slice(0, 1) if st == 0 else slice(None) for st in arr.strides)]
     dt = arr.dtype
     row = row_for_numpy(dt)
+    negative, harmless_negative = _negative_strides(arr)
     readonly = False
     if row is None:
         if opts.dtype is None or not _castable(dt):
@@ -116,7 +119,7 @@ def _steps_to_tensor(
         steps.append(Step("numpy_cast", f"{dt} -> {row.numpy}, torch has no {dt}", row.numpy))
     elif not dt.isnative and dt.itemsize > 1:
         steps.append(Step("numpy_copy", "non-native byte order: torch cannot view this memory"))
-    elif _negative_strides(arr)[0]:
+    elif negative:
         reversed_axes = [i for i, (st, n) in enumerate(zip(arr.strides, arr.shape, strict=True)) if st < 0 and n > 1]
         whole = not any(st % dt.itemsize for st in arr.strides)
         if len(reversed_axes) == 1 and whole and arr.flags.writeable:
@@ -133,7 +136,7 @@ def _steps_to_tensor(
         # read-only memory, and torch's warn-once flag stays unspent for the caller's own code.
         steps.append(Step("numpy_copy", "read-only memory: writes to the tensor must not reach it"))
     else:
-        if _negative_strides(arr)[1]:
+        if harmless_negative:
             steps.append(Step("restride", "negative strides on axes of size <= 1 do not matter"))
         readonly = not fresh and not arr.flags.writeable
     why = f"{row.name} travels as {row.carrier} bits, exactly" if row.carrier is not None else ""
@@ -172,7 +175,6 @@ def _copies_later(opts: ToTensorOptions, current: torch.dtype) -> bool:
 
 def plan_tensor_to_tensor(t: torch.Tensor, opts: ToTensorOptions, path: str) -> Plan:
     """Plan ``to_tensor`` on a tensor: returned as it is unless dtype, device, copy or grad ask otherwise."""
-    source = describe_tensor(t)
     steps: list[Step] = []
     target = opts.dtype or t.dtype
     try:
@@ -183,6 +185,5 @@ def plan_tensor_to_tensor(t: torch.Tensor, opts: ToTensorOptions, path: str) -> 
         if opts.requires_grad and not t.requires_grad:
             steps.append(_grad_step(target, path, "a new leaf tensor; the input is not modified"))
     except ConversionError as err:
-        return Plan(path, source, "torch.Tensor", (), err)
-    device = opts.device or t.device
-    return Plan(path, source, f"torch.Tensor {str(target).removeprefix('torch.')} on {device}", tuple(steps))
+        return Plan(path, lambda: (describe_tensor(t), "torch.Tensor"), (), err)
+    return Plan(path, lambda: (describe_tensor(t), _tensor_target(target, opts.device or t.device)), tuple(steps))
