@@ -518,3 +518,26 @@ def test_ml_dtypes_kinds_torch_lacks() -> None:
     if hasattr(ml_dtypes, "int4"):
         with pytest.raises(tb.ValueRangeError, match="value 9 does not fit int4"):
             tb.to_numpy(np.array([9]), dtype=ml_dtypes.int4)
+
+
+def test_stack_makes_one_tensor_from_mixed_items() -> None:
+    items = [np.full((2, 2), i, np.float32) for i in range(3)] + [torch.full((2, 2), 3.0)]
+    items.append(np.full((2, 2), 4, np.float32)[:, ::-1])  # negative strides too
+    out = tb.stack(items)
+    assert out.shape == (5, 2, 2) and out[:, 0, 0].tolist() == [0, 1, 2, 3, 4]
+    bf = tb.stack([np.ones(2, ml_dtypes.bfloat16), np.zeros(2, ml_dtypes.bfloat16)])
+    assert bf.dtype is torch.bfloat16 and bf.float().tolist() == [[1, 1], [0, 0]]
+    assert tb.stack([np.ones(2), np.ones(2, np.float32)], dtype=torch.float32).dtype is torch.float32
+
+
+def test_stack_refuses_mismatches_by_index() -> None:
+    with pytest.raises(tb.StructureError, match=r"data\[2\].*shape \(3,\)"):
+        tb.stack([np.ones(2), np.ones(2), np.ones(3)])
+    with pytest.raises(tb.StructureError, match=r"data\[1\].*dtype torch.float32"):
+        tb.stack([np.ones(2), np.ones(2, np.float32)])  # no silent promotion
+    with pytest.raises(tb.UnsupportedError, match=r"data\[1\]: str is not an array"):
+        tb.stack([np.ones(2), "x"])
+    with pytest.raises(tb.StructureError, match="no items"):
+        tb.stack([])
+    with pytest.raises(tb.ValueRangeError, match="300"):
+        tb.stack([np.array([1]), np.array([300])], dtype=torch.uint8)

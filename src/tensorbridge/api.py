@@ -349,33 +349,37 @@ def stack(items: Sequence[Any], dtype: object = None, device: object = None, *, 
     if not items:
         raise StructureError(
             "stack",
-            "items",
+            "data",
             "there are no items, so the shape is unknown",
             "Use torch.empty((0, *shape)) for an empty batch",
         )
-    tensors = [to_tensor(x, dtype) if dtype is not None else to_tensor(x) for x in items]
+    # One walk over the list: plain writable arrays take the fast path, as in to_tensor.
+    tensors = to_tensor(items) if dtype is None else to_tensor(items, dtype)
+    if not all(isinstance(t, _Tensor) for t in tensors) or len({t.dtype for t in tensors}) > 1:
+        _stack_mismatch(items, tensors)
+    try:
+        out = torch.stack(tensors, dim=dim)
+    except RuntimeError:
+        _stack_mismatch(items, tensors)
+        raise
+    return out if device is None else to_tensor(out, device=device)
+
+
+def _stack_mismatch(items: list[Any], tensors: list[Any]) -> None:
+    """Raise for the first item that is not a tensor of the first item's shape and dtype."""
     first = tensors[0]
-    if not isinstance(first, _Tensor):
-        raise UnsupportedError(
-            "stack",
-            "items[0]",
-            f"{type(items[0]).__name__} is not an array or tensor",
-            "Pass NumPy arrays, NumPy scalars or tensors",
-        )
     for i, t in enumerate(tensors):
         if not isinstance(t, _Tensor):
             raise UnsupportedError(
                 "stack",
-                f"items[{i}]",
+                f"data[{i}]",
                 f"{type(items[i]).__name__} is not an array or tensor",
                 "Pass NumPy arrays, NumPy scalars or tensors",
             )
         if t.shape != first.shape or t.dtype != first.dtype:
             raise StructureError(
                 "stack",
-                f"items[{i}]",
-                f"shape {tuple(t.shape)} dtype {t.dtype} differs from items[0] ({tuple(first.shape)} {first.dtype})",
+                f"data[{i}]",
+                f"shape {tuple(t.shape)} dtype {t.dtype} differs from data[0] ({tuple(first.shape)} {first.dtype})",
                 "Resize the items to one shape, or pass dtype= to cast them all",
             )
-    out = torch.stack(tensors, dim=dim)
-    return out if device is None else to_tensor(out, device=device)
