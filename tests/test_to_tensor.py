@@ -539,5 +539,8 @@ def test_stack_refuses_mismatches_by_index() -> None:
         tb.stack([np.ones(2), "x"])
     with pytest.raises(tb.StructureError, match="no items"):
         tb.stack([])
+    with pytest.raises(tb.StructureError, match="dim=3 is out of range"):
+        tb.stack([np.ones(2), np.ones(2)], dim=3)
+    assert tb.stack([np.ones(2), np.zeros(2)], dim=-1).tolist() == [[1, 0], [1, 0]]
     with pytest.raises(tb.ValueRangeError, match="300"):
         tb.stack([np.array([1]), np.array([300])], dtype=torch.uint8)

@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar, overload
 import numpy as np
 import torch
 
+from ._convert.alloc import host_empty
 from ._convert.execute import run_plan
 from ._fastpath import Bail, fast_to_numpy, fast_to_tensor
 from .dtypes import ROWS
@@ -357,8 +358,17 @@ def stack(items: Sequence[Any], dtype: object = None, device: object = None, *, 
     tensors = to_tensor(items) if dtype is None else to_tensor(items, dtype)
     if not all(isinstance(t, _Tensor) for t in tensors) or len({t.dtype for t in tensors}) > 1:
         _stack_mismatch(items, tensors)
+    first = tensors[0]
+    if not -(first.dim() + 1) <= dim <= first.dim():
+        raise StructureError(
+            "stack", "dim", f"dim={dim} is out of range for items of shape {tuple(first.shape)}", "Pass a valid axis"
+        )
+    shape = list(first.shape)
+    shape.insert(dim % (first.dim() + 1), len(tensors))
+    # Large results go to huge-page host memory (see _convert/alloc.py).
+    out = host_empty(tuple(shape), first.dtype) if first.device.type == "cpu" else None
     try:
-        out = torch.stack(tensors, dim=dim)
+        out = torch.stack(tensors, dim=dim, out=out)
     except RuntimeError:
         _stack_mismatch(items, tensors)
         raise

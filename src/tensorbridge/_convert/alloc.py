@@ -19,11 +19,8 @@ from ..dtypes import row_for_torch
 __all__ = ["host_copy", "host_empty"]
 
 
-# Below this, glibc serves allocations from its heap and reuses freed memory without page
-# faults, so torch's allocator is as good; above it every buffer is a fresh mapping, and
-# NumPy's huge-page request is what keeps the page faults cheap (glibc's largest dynamic
-# mmap threshold on 64-bit systems is 32 MiB).
-HUGE_PAGE_MIN_BYTES: Final = 32 << 20
+# NumPy asks for huge pages from 4 MiB up; below that both allocators behave the same.
+HUGE_PAGE_MIN_BYTES: Final = 4 << 20
 
 
 def host_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
