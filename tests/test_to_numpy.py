@@ -123,3 +123,16 @@ def test_tensor_views_keep_strides() -> None:
     assert out.tolist() == t.tolist()
     ex = torch.arange(3.0).expand(2, 3)
     assert tb.to_numpy(ex).strides == (0, 4)
+
+
+def test_masked_arrays_keep_their_mask_through_casts_and_copies() -> None:
+    m = np.ma.masked_array([1.0, 2.0, 300.0], mask=[False, False, True])
+    cast = tb.to_numpy({"m": m}, dtype=np.uint8)["m"]  # the masked 300 is not checked
+    assert isinstance(cast, np.ma.MaskedArray) and cast.dtype == np.uint8
+    assert cast.mask.tolist() == [False, False, True] and cast.compressed().tolist() == [1, 2]
+    copied = tb.to_numpy(m, copy=True)
+    assert isinstance(copied, np.ma.MaskedArray) and copied.mask.tolist() == [False, False, True]
+    copied.mask[0] = True
+    assert not m.mask[0]  # the mask was copied too
+    with pytest.raises(tb.ValueRangeError, match="300"):
+        tb.to_numpy(np.ma.masked_array([1.0, 300.0], mask=[False, False]), dtype=np.uint8)

@@ -208,7 +208,21 @@ def cast_tensor(t: torch.Tensor, dst: torch.dtype, path: str) -> torch.Tensor:
 
 
 def cast_array(a: np.ndarray[Any, Any], dst: np.dtype[Any], path: str) -> np.ndarray[Any, Any]:
-    """Cast an array NumPy alone can read (e.g. longdouble) to ``dst``, refusing values that do not fit."""
+    """Cast a NumPy array to ``dst``, refusing values that do not fit.
+
+    A masked array stays masked: only its unmasked values are checked, and the mask is
+    copied onto the result (NumPy's own astype would also carry over a fill value that may
+    not fit the new dtype, so the result gets the new dtype's default).
+    """
+    if isinstance(a, np.ma.MaskedArray):
+        mask = np.ma.getmaskarray(a)
+        data = np.ma.getdata(a)
+        if needs_check(a.dtype, dst):
+            _check(data[~mask], a.dtype, dst, path)
+        with np.errstate(all="ignore"):
+            values = (data.real if a.dtype.kind == "c" and dst.kind != "c" else data).astype(dst, order="K")
+        out: np.ndarray[Any, Any] = np.ma.masked_array(values, mask=mask.copy())
+        return out
     if needs_check(a.dtype, dst):
         _check(a, a.dtype, dst, path)
     with np.errstate(all="ignore"):

@@ -52,7 +52,8 @@ def _expand(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
 def _numpy_cast(a: Leaf, step: Step, path: str) -> Leaf:
     if isinstance(a, torch.Tensor):
         raise AssertionError("numpy_cast planned on a tensor")
-    return cast_array(np.asarray(a), step.arg, path)
+    # np.asanyarray keeps a masked array masked (np.asarray would drop the mask).
+    return cast_array(np.asanyarray(a), step.arg, path)
 
 
 def _view_as_tensor(a: np.ndarray[Any, Any], row: DtypeRow) -> torch.Tensor:
@@ -123,6 +124,8 @@ def _pin(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
 def _clone(x: Leaf, step: Step, path: str) -> Leaf:
     if isinstance(x, torch.Tensor):
         return host_copy(x) if x.device.type == "cpu" else x.clone()
+    if isinstance(x, np.ma.MaskedArray):
+        return x.copy(order="K")  # data and mask both copied; np.array would drop the mask
     return np.array(x, order="K", copy=True)
 
 
