@@ -203,3 +203,12 @@ def test_key_with_a_broken_repr_does_not_hide_the_error() -> None:
 
     with pytest.raises(tb.UnsupportedError, match=r"data\[<Key object>\]"):
         tb.to_tensor({Key(): np.array(["x"])})
+
+
+def test_container_that_cannot_be_taken_apart_is_a_structure_error() -> None:
+    class Broken(dict):  # type: ignore[type-arg]
+        def items(self):  # type: ignore[no-untyped-def,override]
+            raise OSError("backing store gone")
+
+    with pytest.raises(tb.StructureError, match=r"at data\['b'\]: Broken could not be taken apart \(OSError"):
+        tb.to_tensor({"b": Broken(a=np.ones(1))})

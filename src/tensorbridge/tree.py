@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from .errors import StructureError
+from .errors import StructureError, UnsupportedError
 
 __all__ = ["ContainerSpec", "Path", "format_path", "map_leaves", "register_container"]
 
@@ -86,11 +86,15 @@ def register_container(
         ('Pair', [1.0])
     """
     if not isinstance(cls, type):
-        raise TypeError(f"register_container needs a class, got {cls!r}")
+        raise UnsupportedError("register_container", "cls", f"{cls!r} is not a class", "Pass the container type")
     if not callable(flatten) or not callable(unflatten):
-        raise TypeError("register_container needs callable flatten and unflatten")
+        raise UnsupportedError(
+            "register_container", "flatten", "flatten and unflatten must be callables", "Pass two functions"
+        )
     if key_style not in ("item", "index", "attr"):
-        raise TypeError(f"key_style must be 'item', 'index' or 'attr', got {key_style!r}")
+        raise UnsupportedError(
+            "register_container", "key_style", f"{key_style!r} is not a key style", "Pass 'item', 'index' or 'attr'"
+        )
     _REGISTRY[cls] = ContainerSpec(cls, flatten, unflatten, key_style)
     _CACHE.clear()
 
@@ -237,7 +241,7 @@ def map_leaves(fn: Callable[[Any, Path], Any], data: Any) -> Any:
         return fn(data, ROOT)
     # An explicit stack instead of recursion: each frame is
     # [spec, original, children, keys, next index, converted children, path, id].
-    kids, keys, aux = spec.flatten(data)
+    kids, keys, aux = _flatten(spec, data, ROOT)
     frame: list[Any] = [spec, data, kids, keys, 0, [], ROOT, aux]
     stack: list[list[Any]] = []
     active = {id(data)}
@@ -260,7 +264,7 @@ def map_leaves(fn: Callable[[Any, Path], Any], data: Any) -> Any:
                 )
             active.add(id(child))
             stack.append(frame)
-            ckids, ckeys, caux = child_spec.flatten(child)
+            ckids, ckeys, caux = _flatten(child_spec, child, child_path)
             frame = [child_spec, child, ckids, ckeys, 0, [], child_path, caux]
             continue
         try:
@@ -277,6 +281,18 @@ def map_leaves(fn: Callable[[Any, Path], Any], data: Any) -> Any:
             return rebuilt
         frame = stack.pop()
         frame[5].append(rebuilt)
+
+
+def _flatten(spec: ContainerSpec, obj: Any, path: Path) -> tuple[Sequence[Any], Sequence[Hashable], Any]:
+    try:
+        return spec.flatten(obj)
+    except Exception as err:
+        raise StructureError(
+            "container walk",
+            format_path(path),
+            f"{type(obj).__name__} could not be taken apart ({type(err).__name__}: {err})",
+            "Fix the container, or register its type with tensorbridge.register_container",
+        ) from err
 
 
 def iter_leaves(data: Any, is_leaf: Callable[[Any], bool]) -> list[tuple[Path, Any]]:
