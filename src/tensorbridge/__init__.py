@@ -20,6 +20,7 @@ from .errors import (
     UnsupportedError,
     ValueRangeError,
 )
+from .transfers import PoolStats, TransferConfig, configure_transfers, release_pinned, transfer_stats
 from .tree import register_container
 
 __version__ = "0.1.0"
@@ -31,15 +32,20 @@ __all__ = [
     "DeviceError",
     "Explanation",
     "OutOfMemoryError",
+    "PoolStats",
     "StructureError",
+    "TransferConfig",
     "UnsupportedError",
     "ValueRangeError",
     "__version__",
+    "configure_transfers",
     "explain",
     "numpy_dtype",
     "register_container",
+    "release_pinned",
     "stack",
     "to_numpy",
     "to_tensor",
     "torch_dtype",
+    "transfer_stats",
 ]

@@ -9,7 +9,7 @@ that both routes agree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, overload
 
@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from ._convert.alloc import host_empty
-from ._convert.execute import run_plan
+from ._convert.execute import run_plan, run_plans
 from ._fastpath import Bail, fast_to_numpy, fast_to_tensor
+from .config import current as current_config
 from .dtypes import ROWS
 from .errors import StructureError, UnsupportedError
 from .plan import (
@@ -31,6 +32,7 @@ from .plan import (
     plan_to_numpy,
     plan_to_tensor,
 )
+from .plan.transfer import assign_routes
 from .tree import Path, format_path, iter_leaves, map_leaves
 
 __all__ = ["Explanation", "explain", "stack", "to_numpy", "to_tensor"]
@@ -84,6 +86,7 @@ def to_tensor(
     copy: bool | None = None,
     requires_grad: bool = False,
     pin_memory: bool = False,
+    non_blocking: bool | None = None,
 ) -> torch.Tensor: ...
 
 
@@ -96,6 +99,7 @@ def to_tensor(
     copy: bool | None = None,
     requires_grad: bool = False,
     pin_memory: bool = False,
+    non_blocking: bool | None = None,
 ) -> _Container: ...
 
 
@@ -108,6 +112,7 @@ def to_tensor(
     copy: bool | None = None,
     requires_grad: bool = False,
     pin_memory: bool = False,
+    non_blocking: bool | None = None,
 ) -> Any: ...
 
 
@@ -119,6 +124,7 @@ def to_tensor(
     copy: bool | None = None,
     requires_grad: bool = False,
     pin_memory: bool = False,
+    non_blocking: bool | None = None,
 ) -> Any:
     """Convert NumPy arrays (alone or anywhere in containers) to tensors.
 
@@ -144,9 +150,18 @@ def to_tensor(
             read-only array is shared as it is: writing to that tensor is undefined.
         requires_grad: make each result a leaf tensor that requires grad (float/complex only).
         pin_memory: put CPU results in page-locked memory (needs CUDA).
+        non_blocking: for device moves. ``None`` (default): every copy is queued at once and
+            the call synchronizes once at the end; ``False``: each leaf's copy is waited for;
+            ``True``: returns as soon as the copies are queued, ordered on the device's current
+            stream (later work on that stream sees the data). Pageable inputs may be reused at
+            once in every mode; a pinned input must not be modified until the copy is done.
+            Copies to the host always finish before the call returns.
 
     Returns:
-        The same structure with tensors in place of arrays.
+        The same structure with tensors in place of arrays. With a CUDA ``device``, large
+        arrays travel in chunks through a pool of pinned buffers, and many small arrays are
+        packed into one copy; each packed group's tensors are views of one device allocation
+        (see ``explain()``).
 
     Raises:
         UnsupportedError: (TypeError) a dtype or type torch cannot hold, a masked array.
@@ -174,7 +189,29 @@ def to_tensor(
                 pass
         return map_leaves(_tensor_leaf_default, data)
     opts = normalize_to_tensor(dtype, device, copy, requires_grad, pin_memory)
+    _check_non_blocking(non_blocking, "to_tensor")
+    if opts.device is not None:
+        return _convert_together(data, lambda x, path: _plan_tensor(x, opts, path), non_blocking)
     return map_leaves(lambda x, path: _tensor_leaf(x, path, opts), data)
+
+
+def _check_non_blocking(non_blocking: object, what: str) -> None:
+    if non_blocking not in (None, True, False):
+        raise UnsupportedError(
+            what, "non_blocking", f"non_blocking must be None, True or False, not {non_blocking!r}", "Pass one of those"
+        )
+
+
+def _convert_together(data: Any, plan: Callable[[Any, str], Plan], non_blocking: bool | None) -> Any:
+    """Plan every leaf, then convert them in one go, so device copies can be packed and pipelined."""
+    leaves = iter_leaves(data, _is_leaf)
+    plans = assign_routes([plan(x, format_path(p)) for p, x in leaves], current_config())
+    results = iter(run_plans([x for _, x in leaves], plans, non_blocking))
+    return map_leaves(lambda x, path: next(results) if _is_leaf(x) else x, data)
+
+
+class _OnDevice(Exception):
+    """A leaf lives on a device: the call must convert all leaves together."""
 
 
 def _numpy_leaf(x: Any, path: Path, opts: ToNumpyOptions) -> Any:
@@ -192,24 +229,32 @@ def _numpy_leaf_default(x: Any, path: Path) -> Any:
             pass  # the planner finds out why and what to do
     elif isinstance(x, _ndarray):
         return x
+    elif isinstance(x, _Tensor) and x.device.type != "cpu":
+        raise _OnDevice
     return _numpy_leaf(x, path, _DEFAULT_NUMPY)
 
 
 @overload
 def to_numpy(
-    data: torch.Tensor | np.ndarray[Any, Any] | np.generic, dtype: object = None, *, copy: bool | None = None
+    data: torch.Tensor | np.ndarray[Any, Any] | np.generic,
+    dtype: object = None,
+    *,
+    copy: bool | None = None,
+    non_blocking: bool | None = None,
 ) -> np.ndarray[Any, Any]: ...
 
 
 @overload
-def to_numpy(data: _Container, dtype: object = None, *, copy: bool | None = None) -> _Container: ...
+def to_numpy(
+    data: _Container, dtype: object = None, *, copy: bool | None = None, non_blocking: bool | None = None
+) -> _Container: ...
 
 
 @overload
-def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None) -> Any: ...
+def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None, non_blocking: bool | None = None) -> Any: ...
 
 
-def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None) -> Any:
+def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None, non_blocking: bool | None = None) -> Any:
     """Convert tensors (alone or anywhere in containers) to NumPy arrays.
 
     CPU tensors share memory with the arrays returned (tensors that require grad and
@@ -225,9 +270,14 @@ def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None) -> An
             beyond rounding raise.
         copy: ``None`` shares when it can, ``True`` always copies, ``False`` raises when a copy
             is needed.
+        non_blocking: accepted for symmetry with :func:`to_tensor`; an array is never handed
+            out before its bytes have arrived, so every mode waits for the copies (all of a
+            call's copies are queued first, then waited for together).
 
     Returns:
-        The same structure with arrays in place of tensors.
+        The same structure with arrays in place of tensors. CUDA tensors come back through
+        the transfer engine: large ones in pipelined chunks, many small ones packed into one
+        copy; each packed group's arrays are views of one host allocation.
 
     Raises:
         UnsupportedError: (TypeError) sparse, quantized, nested, meta tensors; dtypes NumPy lacks.
@@ -241,14 +291,18 @@ def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None) -> An
         >>> out["w"].dtype.name, out["w"].tolist()
         ('bfloat16', [1.0, 1.0])
     """
-    if dtype is None and copy is None:
+    if dtype is None and copy is None and non_blocking is None:
         try:
             # A lone tensor first: one call less on the hottest path.
             return data.numpy() if type(data) is _Tensor else fast_to_numpy(data)
         except (TypeError, RuntimeError, Bail):
-            return map_leaves(_numpy_leaf_default, data)
+            try:
+                return map_leaves(_numpy_leaf_default, data)
+            except _OnDevice:
+                pass
     opts = normalize_to_numpy(dtype, copy)
-    return map_leaves(lambda x, path: _numpy_leaf(x, path, opts), data)
+    _check_non_blocking(non_blocking, "to_numpy")
+    return _convert_together(data, lambda x, path: plan_to_numpy(x, opts, path), non_blocking)
 
 
 @dataclass(frozen=True)
@@ -303,15 +357,17 @@ def explain(data: Any, to: Literal["tensor", "numpy"] = "tensor", **options: Any
             options.pop("requires_grad", False),
             options.pop("pin_memory", False),
         )
+        options.pop("non_blocking", None)
         _no_more(options)
         plans = tuple(_plan_tensor(x, t_opts, format_path(p)) for p, x in leaves)
     elif to == "numpy":
         n_opts = normalize_to_numpy(options.pop("dtype", None), options.pop("copy", None))
+        options.pop("non_blocking", None)
         _no_more(options)
         plans = tuple(plan_to_numpy(x, n_opts, format_path(p)) for p, x in leaves)
     else:
         raise UnsupportedError("explain", "to", f"{to!r} is not a direction", "Pass to='tensor' or to='numpy'")
-    return Explanation(to, plans)
+    return Explanation(to, tuple(assign_routes(plans, current_config())))
 
 
 def _no_more(options: dict[str, Any]) -> None:

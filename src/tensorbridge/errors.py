@@ -61,7 +61,7 @@ class CopyRefusedError(ConversionError, ValueError):
 
 
 class ValueRangeError(ConversionError, ValueError):
-    """A value does not fit the requested dtype, or would be lost (also a ValueError)."""
+    """A value does not fit the requested dtype or setting, or would be lost (also a ValueError)."""
 
 
 class StructureError(ConversionError, ValueError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -12,10 +12,12 @@ import torch
 from ..dtypes import DtypeRow
 from ..errors import ConversionError, DeviceError, OutOfMemoryError, UnsupportedError
 from ..plan import Plan, Step
+from ..plan.transfer import Transfer
 from .alloc import host_copy, host_empty
 from .cast import cast_array, cast_tensor
+from .transfer import move
 
-__all__ = ["run_plan"]
+__all__ = ["run_plan", "run_plans"]
 
 Leaf = Any
 
@@ -100,18 +102,6 @@ def _cast(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
         return cast_tensor(t.detach(), step.arg, path)
 
 
-def _to_device(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
-    try:
-        return t.to(step.arg)
-    except (RuntimeError, AssertionError) as err:
-        raise DeviceError(
-            "to_tensor",
-            path,
-            f"moving to {step.arg} failed: {err}",
-            "Check that the device exists (torch.cuda.device_count()) and has memory free",
-        ) from err
-
-
 def _pin(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
     try:
         return t.pin_memory()
@@ -146,18 +136,6 @@ def _resolve_neg(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
     return t.resolve_neg()
 
 
-def _to_host(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
-    try:
-        return t.to("cpu")
-    except RuntimeError as err:
-        raise DeviceError(
-            "to_numpy",
-            path,
-            f"copying from {t.device} to the host failed: {err}",
-            "Check the device's state (a failed kernel poisons later copies)",
-        ) from err
-
-
 def _to_numpy(t: torch.Tensor, step: Step, path: str) -> np.ndarray[Any, Any]:
     row: DtypeRow = step.arg
     if row.carrier is not None:
@@ -176,14 +154,12 @@ _EXECUTORS: Final[dict[str, Callable[[Any, Step, str], Any]]] = {
     "compact": _compact,
     "expand": _expand,
     "cast": _cast,
-    "to_device": _to_device,
     "pin": _pin,
     "clone": _clone,
     "requires_grad": _requires_grad,
     "detach": _detach,
     "resolve_conj": _resolve_conj,
     "resolve_neg": _resolve_neg,
-    "to_host": _to_host,
     "to_numpy": _to_numpy,
 }
 
@@ -194,12 +170,67 @@ def _nbytes(x: Leaf) -> int:
     return int(np.asarray(x).nbytes)
 
 
-def run_plan(leaf: Leaf, plan: Plan) -> Leaf:
+def run_plan(leaf: Leaf, plan: Plan, non_blocking: bool | None = None) -> Leaf:
     """Carry out ``plan`` on ``leaf``; raise the plan's error if it has one."""
-    if plan.error is not None:
-        raise plan.error
+    return run_plans([leaf], [plan], non_blocking)[0]
+
+
+def run_plans(leaves: Sequence[Leaf], plans: Sequence[Plan], non_blocking: bool | None = None) -> list[Leaf]:
+    """Carry out the plans of one call, their host <-> device copies together.
+
+    Every plan's error is raised before anything runs. Each leaf then runs its steps up to
+    its transfer; the transfer engine moves all of them at once (packing small leaves,
+    pipelining large ones); each leaf then runs the rest of its steps.
+    """
+    for plan in plans:
+        if plan.error is not None:
+            raise plan.error
+    cuts = [_transfer_at(plan) for plan in plans]
+    mids = [_run_steps(x, p, 0, len(p.steps) if c < 0 else c) for x, p, c in zip(leaves, plans, cuts, strict=True)]
+    moving = [n for n, c in enumerate(cuts) if c >= 0]
+    if moving:
+        items = [(mids[n], plans[n].steps[cuts[n]].arg) for n in moving]
+        for n, out in zip(moving, _move([plans[n] for n in moving], items, non_blocking), strict=True):
+            mids[n] = out
+    return [
+        mid if c < 0 else _run_steps(mid, p, c + 1, len(p.steps))
+        for mid, p, c in zip(mids, plans, cuts, strict=True)
+    ]
+
+
+def _transfer_at(plan: Plan) -> int:
+    for i, step in enumerate(plan.steps):
+        if step.kind in ("to_device", "to_host"):
+            return i
+    return -1
+
+
+def _move(plans: list[Plan], items: list[tuple[torch.Tensor, Transfer]], non_blocking: bool | None) -> list[Leaf]:
+    path = plans[0].path if len(plans) == 1 else f"{plans[0].path} and {len(plans) - 1} more leaves"
+    nbytes = sum(tr.nbytes for _, tr in items)
+    try:
+        return move(items, non_blocking)
+    except ConversionError:
+        raise
+    except (MemoryError, torch.OutOfMemoryError) as err:
+        raise OutOfMemoryError(
+            "transfer",
+            path,
+            f"copying {nbytes} bytes to {items[0][1].device} ran out of memory ({err})",
+            "Convert smaller pieces, or free memory on the device (torch.cuda.empty_cache())",
+        ) from err
+    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
+        raise DeviceError(
+            "transfer",
+            path,
+            f"copying {nbytes} bytes from {items[0][1].source} to {items[0][1].device} failed: {err}",
+            "Check that the device exists and is healthy (a failed kernel poisons later copies)",
+        ) from err
+
+
+def _run_steps(leaf: Leaf, plan: Plan, start: int, stop: int) -> Leaf:
     out = leaf
-    for step in plan.steps:
+    for step in plan.steps[start:stop]:
         try:
             out = _EXECUTORS[step.kind](out, step, plan.path)
         except ConversionError:

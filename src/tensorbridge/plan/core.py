@@ -165,49 +165,6 @@ def describe_tensor(t: torch.Tensor) -> str:
     return f"{type(t).__name__} {' '.join(bits[:1])} {', '.join(bits[1:])}"
 
 
-def needs_device(target: torch.device | None, current: torch.device) -> bool:
-    if target is None or target.type != current.type:
-        return target is not None
-    return target.index is not None and target.index != (current.index or 0)
-
-
-def device_steps(opts: ToTensorOptions, current: torch.device, path: str) -> list[Step]:
-    steps = []
-    if opts.device is not None and needs_device(opts.device, current):
-        if opts.device.type == "cuda" and not torch.cuda.is_available():
-            raise DeviceError(
-                "to_tensor",
-                path,
-                f"device {opts.device} was asked for but CUDA is not available (torch {torch.__version__})",
-                "Use device='cpu', or install a CUDA build of torch",
-            )
-        if opts.device.type == "cuda" and (opts.device.index or 0) >= torch.cuda.device_count():
-            raise DeviceError(
-                "to_tensor",
-                path,
-                f"device {opts.device} does not exist (this machine has {torch.cuda.device_count()} CUDA devices)",
-                "Pick an index below torch.cuda.device_count()",
-            )
-        steps.append(Step("to_device", f"to {opts.device}", opts.device))
-    if opts.pin_memory:
-        if opts.device is not None and opts.device.type != "cpu":
-            raise DeviceError(
-                "to_tensor",
-                path,
-                f"pin_memory=True asks for pinned host memory, but device is {opts.device}",
-                "Drop pin_memory, or leave device unset",
-            )
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                "to_tensor",
-                path,
-                "pin_memory=True needs CUDA, which is not available",
-                "Drop pin_memory=True on machines without a GPU",
-            )
-        steps.append(Step("pin", "page-locked host memory for fast GPU copies"))
-    return steps
-
-
 def finish_copies(steps: list[Step], copy: bool | None, what: str, path: str) -> None:
     copies = [s for s in steps if s.kind in COPYING]
     if copy is False and copies:

@@ -10,6 +10,7 @@ import torch
 from ..dtypes import row_for_numpy, row_for_torch
 from ..errors import ConversionError, UnsupportedError
 from .core import Plan, Step, ToNumpyOptions, describe_array, describe_tensor, finish_copies
+from .transfer import transfer_step
 
 __all__ = ["plan_to_numpy"]
 
@@ -83,23 +84,36 @@ def _steps_tensor_to_numpy(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> 
         steps.append(Step("resolve_conj", "the conjugate bit is lazy; NumPy needs the values"))
     if t.is_neg():
         steps.append(Step("resolve_neg", "the negative bit is lazy; NumPy needs the values"))
-    if t.device.type != "cpu":
-        steps.append(Step("to_host", f"from {t.device}"))
+    casts: list[Step] = []
     target_np = row.numpy
     if not row.exact:
         widened = row_for_numpy(row.numpy)
         assert widened is not None
-        steps.append(Step("cast", f"NumPy has no {row.name}; {row.numpy} holds it exactly", widened.torch))
+        casts.append(Step("cast", f"NumPy has no {row.name}; {row.numpy} holds it exactly", widened.torch))
         row = widened
     numpy_cast = None
     if opts.dtype is not None and opts.dtype != target_np:
         wanted = row_for_numpy(opts.dtype)
         if wanted is not None:
-            steps.append(Step("cast", f"{row.name} -> {wanted.name}", wanted.torch))
+            casts.append(Step("cast", f"{row.name} -> {wanted.name}", wanted.torch))
             row = wanted
         else:
             numpy_cast = Step("numpy_cast", f"{row.numpy} -> {opts.dtype}, torch has no {opts.dtype}", opts.dtype)
         target_np = opts.dtype
+    if t.device.type != "cpu":
+        # Casts run on the side where the data is smaller: a narrowing cast on the device
+        # shrinks the copy, a widening one (complex32 -> complex64) waits for the host.
+        before = row.torch.itemsize <= t.dtype.itemsize
+        wire = row.torch if before else t.dtype
+        if before:
+            steps += casts
+        steps.append(
+            transfer_step("to_host", t.device, torch.device("cpu"), t.numel() * wire.itemsize, wire, lambda: False)
+        )
+        if not before:
+            steps += casts
+    else:
+        steps += casts
     why = f"{row.name} travels as {row.carrier} bits, exactly" if row.carrier is not None else ""
     steps.append(Step("to_numpy", why, row))
     if numpy_cast is not None:

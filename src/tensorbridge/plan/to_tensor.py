@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Final
 
 import numpy as np
@@ -9,16 +10,9 @@ import torch
 
 from ..dtypes import is_ml_dtype, row_for_numpy, row_for_torch
 from ..errors import ConversionError, UnsupportedError
-from .core import (
-    Plan,
-    Step,
-    ToTensorOptions,
-    describe_array,
-    describe_tensor,
-    device_steps,
-    finish_copies,
-    needs_device,
-)
+from ..devices import backend_for
+from .core import COPYING, Plan, Step, ToTensorOptions, describe_array, describe_tensor, finish_copies
+from .transfer import device_steps, needs_device, resolve_device
 
 __all__ = ["plan_tensor_to_tensor", "plan_to_tensor"]
 
@@ -143,16 +137,44 @@ def _steps_to_tensor(
         why = "read-only memory, only read: " + (why or "a copy follows") if opts.copy is not False else why
     if not steps or steps[-1].kind != "flip_copy":  # flip_copy produces the tensor itself
         steps.append(Step("share_readonly" if readonly else "share", why, row))
+    target = row.torch if opts.dtype is None else opts.dtype
+    device = None if opts.device is None else resolve_device(opts.device, path, "to_tensor", target)
+    cpu = torch.device("cpu")
+    moving = device is not None and needs_device(device, cpu)
+    cast = None
     if opts.dtype is not None and opts.dtype != row.torch:
-        steps.append(Step("cast", f"{row.name} -> {str(opts.dtype).removeprefix('torch.')}", opts.dtype))
-    steps += device_steps(opts, torch.device("cpu"), path)
+        cast = Step("cast", f"{row.name} -> {str(opts.dtype).removeprefix('torch.')}", opts.dtype)
+    # A cast runs on the side where the data is smaller: narrowing before the copy halves the
+    # bytes on the wire (float64 -> float32), widening after it.
+    cast_after = cast is not None and moving and opts.dtype is not None and opts.dtype.itemsize > row.torch.itemsize
+    if cast is not None and not cast_after:
+        steps.append(cast)
+    wire = target if cast is not None and not cast_after else row.torch
+    shared = not any(s.kind in COPYING for s in steps) and steps[-1].kind in ("share", "share_readonly")
+    steps += device_steps(
+        opts, cpu, device, path, nbytes=arr.size * wire.itemsize, dtype=wire, pinned=lambda: shared and _pinned(arr)
+    )
+    if cast is not None and cast_after:
+        steps.append(cast)
     finish_copies(steps, opts.copy, "to_tensor", path)
     if broadcast:
         steps.append(Step("expand", f"back to shape {np.shape(leaf)} with zero strides", np.shape(leaf)))
-    target = row.torch if opts.dtype is None else opts.dtype
     if opts.requires_grad:
         steps.append(_grad_step(target, path, "a leaf tensor that records operations"))
     return steps, target
+
+
+def _pinned(a: np.ndarray[Any, Any]) -> bool:
+    """Whether a host array lives in page-locked memory (one made from a pinned tensor does)."""
+    cuda = backend_for("cuda")
+    if cuda is None:
+        return False
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        try:
+            return cuda.is_pinned(torch.from_numpy(a))
+        except (TypeError, ValueError, RuntimeError):  # a layout from_numpy refuses is not pinned memory we can use
+            return False
 
 
 def _grad_step(target: torch.dtype, path: str, why: str) -> Step:
@@ -168,7 +190,7 @@ def _grad_step(target: torch.dtype, path: str, why: str) -> Step:
 
 def _copies_later(opts: ToTensorOptions, current: torch.dtype) -> bool:
     """Whether a cast, a device move or pinning will produce fresh memory anyway."""
-    moves = opts.device is not None and needs_device(opts.device, torch.device("cpu"))
+    moves = opts.device is not None and opts.device.type != "cpu"
     return (opts.dtype is not None and opts.dtype != current) or moves or opts.pin_memory
 
 
@@ -176,13 +198,37 @@ def plan_tensor_to_tensor(t: torch.Tensor, opts: ToTensorOptions, path: str) -> 
     """Plan ``to_tensor`` on a tensor: returned as it is unless dtype, device, copy or grad ask otherwise."""
     steps: list[Step] = []
     target = opts.dtype or t.dtype
+    device = t.device
     try:
+        if opts.device is not None:
+            device = resolve_device(opts.device, path, "to_tensor", target)
+        moving = needs_device(device, t.device)
+        cast = None
         if opts.dtype is not None and opts.dtype != t.dtype:
-            steps.append(Step("cast", f"{t.dtype} -> {opts.dtype}".replace("torch.", ""), opts.dtype))
-        steps += device_steps(opts, t.device, path)
+            cast = Step("cast", f"{t.dtype} -> {opts.dtype}".replace("torch.", ""), opts.dtype)
+        cast_after = cast is not None and moving and target.itemsize > t.dtype.itemsize
+        if cast is not None and not cast_after:
+            steps.append(cast)
+        wire = target if cast is not None and not cast_after else t.dtype
+        steps += device_steps(
+            opts,
+            t.device,
+            device if opts.device is not None else None,
+            path,
+            nbytes=t.numel() * wire.itemsize,
+            dtype=wire,
+            pinned=lambda: not steps and _tensor_pinned(t),
+        )
+        if cast is not None and cast_after:
+            steps.append(cast)
         finish_copies(steps, opts.copy, "to_tensor", path)
         if opts.requires_grad and not t.requires_grad:
             steps.append(_grad_step(target, path, "a new leaf tensor; the input is not modified"))
     except ConversionError as err:
         return Plan(path, lambda: (describe_tensor(t), "torch.Tensor"), (), err)
-    return Plan(path, lambda: (describe_tensor(t), _tensor_target(target, opts.device or t.device)), tuple(steps))
+    return Plan(path, lambda: (describe_tensor(t), _tensor_target(target, device)), tuple(steps))
+
+
+def _tensor_pinned(t: torch.Tensor) -> bool:
+    cuda = backend_for("cuda")
+    return t.device.type == "cpu" and cuda is not None and cuda.available() and cuda.is_pinned(t)

@@ -1,0 +1,188 @@
+"""Device backends: the one place that talks to CUDA (or MPS) for facts, memory, copies and events.
+
+The planner asks a backend facts (is it available, how many devices, is this memory pinned,
+which dtypes it lacks); the transfer engine asks it for pinned and device memory, for
+asynchronous copies on the current stream, and for events. Everything above this layer is
+device-agnostic, so tests can install a fake backend (``tests/fakegpu.py``) whose "device"
+memory is host memory and whose copies land late, on a worker thread, and run the whole
+engine on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Protocol
+
+import torch
+
+__all__ = ["Backend", "Event", "backend_for", "install_backend"]
+
+
+class Event(Protocol):
+    """A marker on a device stream: done once every operation queued before it is done."""
+
+    def query(self) -> bool:
+        """Return whether the work before the event has finished."""
+        ...
+
+    def synchronize(self) -> None:
+        """Block until the work before the event has finished."""
+        ...
+
+
+class Backend(Protocol):
+    """What the planner and the transfer engine need from one device type."""
+
+    type: str
+    #: Whether the engine stages, packs and pipelines copies (False: torch's ``.to()`` only).
+    staging: bool
+
+    def available(self) -> bool:
+        """Return whether this device type can be used at all."""
+        ...
+
+    def device_count(self) -> int:
+        """Return how many devices of this type exist."""
+        ...
+
+    def resolve(self, device: torch.device) -> torch.device:
+        """Return ``device`` with its index filled in (``cuda`` -> ``cuda:<current>``)."""
+        ...
+
+    def unsupported(self, dtype: torch.dtype) -> str | None:
+        """Return why ``dtype`` cannot live on this device type, or None."""
+        ...
+
+    def is_pinned(self, t: torch.Tensor) -> bool:
+        """Return whether the host tensor ``t`` is in page-locked memory."""
+        ...
+
+    def empty_pinned(self, nbytes: int) -> torch.Tensor:
+        """Return ``nbytes`` of page-locked host memory as a uint8 tensor."""
+        ...
+
+    def empty(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        """Return ``nbytes`` of device memory as a uint8 tensor."""
+        ...
+
+    def copy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """Queue ``dst.copy_(src)`` on the device side's current stream and return at once."""
+        ...
+
+    def record(self, device: torch.device) -> Event:
+        """Return an event recorded on ``device``'s current stream."""
+        ...
+
+    def move(self, t: torch.Tensor, device: torch.device, non_blocking: bool) -> torch.Tensor:
+        """Torch's own ``t.to(device)``."""
+        ...
+
+    def empty_host_cache(self) -> None:
+        """Return cached pinned memory that no tensor uses to the system."""
+        ...
+
+
+class CudaBackend:
+    """CUDA through torch: pinned memory from torch's host allocator, copies on the current stream."""
+
+    type = "cuda"
+    staging = True
+
+    def available(self) -> bool:
+        return torch.cuda.is_available()
+
+    def device_count(self) -> int:
+        return torch.cuda.device_count()
+
+    def resolve(self, device: torch.device) -> torch.device:
+        return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+    def unsupported(self, dtype: torch.dtype) -> str | None:
+        return None
+
+    def is_pinned(self, t: torch.Tensor) -> bool:
+        return bool(t.is_pinned())
+
+    def empty_pinned(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
+    def empty(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, device=device)
+
+    def copy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        # The copy runs on the current stream of the CUDA side's device; torch also records it
+        # with its pinned-memory allocator, so pinned blocks are never recycled mid-copy.
+        dst.copy_(src, non_blocking=True)
+
+    def record(self, device: torch.device) -> Event:
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(device))
+        return event
+
+    def move(self, t: torch.Tensor, device: torch.device, non_blocking: bool) -> torch.Tensor:
+        return t.to(device, non_blocking=non_blocking)
+
+    def empty_host_cache(self) -> None:
+        empty = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+        if empty is not None:  # torch >= 2.9; older versions keep the cache until exit
+            empty()
+
+
+# float64 (and complex128, two of them) have no MPS kernels.
+_MPS_LACKS: Final = frozenset({torch.float64, torch.complex128})
+
+
+class MpsBackend:
+    """Apple's MPS: unified memory, so no staging; some dtypes are missing."""
+
+    type = "mps"
+    staging = False
+
+    def available(self) -> bool:
+        return bool(torch.backends.mps.is_available())
+
+    def device_count(self) -> int:
+        return 1 if self.available() else 0
+
+    def resolve(self, device: torch.device) -> torch.device:
+        return torch.device("mps", 0) if device.index is None else device
+
+    def unsupported(self, dtype: torch.dtype) -> str | None:
+        if dtype in _MPS_LACKS:
+            return f"MPS has no {str(dtype).removeprefix('torch.')} support"
+        return None
+
+    def is_pinned(self, t: torch.Tensor) -> bool:
+        return False
+
+    def empty_pinned(self, nbytes: int) -> torch.Tensor:
+        raise AssertionError("MPS does not stage")
+
+    def empty(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, device=device)
+
+    def copy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        dst.copy_(src)
+
+    def record(self, device: torch.device) -> Event:
+        raise AssertionError("MPS does not stage")
+
+    def move(self, t: torch.Tensor, device: torch.device, non_blocking: bool) -> torch.Tensor:
+        return t.to(device, non_blocking=non_blocking)
+
+    def empty_host_cache(self) -> None:
+        return None
+
+
+_BACKENDS: dict[str, Backend] = {"cuda": CudaBackend(), "mps": MpsBackend()}
+
+
+def backend_for(device_type: str) -> Backend | None:
+    """Return the backend for a device type, or None (``cpu``, and types torch handles alone)."""
+    return _BACKENDS.get(device_type)
+
+
+def install_backend(backend: Backend) -> Backend | None:
+    """Replace the backend for ``backend.type``; return the one it replaces (tests use this)."""
+    old = _BACKENDS.get(backend.type)
+    _BACKENDS[backend.type] = backend
+    return old

@@ -1,0 +1,384 @@
+"""Planning host <-> device copies: which route each leaf takes, and which small leaves travel together.
+
+Routes (the engine in ``_convert/transfer.py`` carries them out):
+
+- ``direct``: torch's own ``.to()``. For a lone small leaf (packing costs more than it saves),
+  empty leaves, device-to-device moves and devices without a staging engine (MPS).
+- ``pinned``: the host memory is already page-locked, so one copy goes straight over the link.
+- ``staged``: a large pageable leaf moves in chunks through a small ring of reusable pinned
+  buffers, host threads filling the next chunks while earlier ones are on the wire.
+- ``packed``: many small leaves share one pinned buffer and one copy; on the far side each
+  becomes a view of one allocation per group (at most ``chunk_bytes``).
+
+Routes are decided in two passes: :func:`route_for` per leaf, then :func:`assign_routes` over
+the whole call, since packing is worth it only when enough small leaves travel together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import torch
+
+from ..config import TransferConfig, current
+from ..devices import backend_for
+from ..errors import DeviceError
+from .core import Plan, Step, ToTensorOptions
+
+__all__ = [
+    "PACK_ALIGN",
+    "Transfer",
+    "assign_routes",
+    "device_steps",
+    "format_bytes",
+    "needs_device",
+    "pack_layout",
+    "resolve_device",
+    "route_for",
+    "transfer_step",
+    "wire_dtype",
+]
+
+Route = Literal["direct", "pinned", "staged", "packed", "small"]
+Direction = Literal["h2d", "d2h", "d2d"]
+# Each dtype run in a packed buffer starts on a 64-byte boundary: every element is then
+# aligned for its size on both sides, and vectorized device kernels get aligned pointers.
+PACK_ALIGN: Final = 64
+TRANSFER_STEPS: Final = frozenset({"to_device", "to_host"})
+# Bytes travel as integers of the element's size: every kernel the engine needs (cat, copy)
+# exists for these, and the bits are untouched.
+_WIRE: Final = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.complex128}
+
+
+def wire_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The same-size type ``dtype``'s bits travel as (``bfloat16`` -> ``int16``)."""
+    return _WIRE[dtype.itemsize]
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One leaf's copy between host and device, as planned.
+
+    Attributes:
+        device: where the data goes (``cpu`` for device-to-host).
+        source: where it comes from.
+        direction: ``h2d``, ``d2h`` or ``d2d``.
+        nbytes: bytes on the wire.
+        route: see the module docstring; ``small`` until :func:`assign_routes` picks
+            ``packed`` or ``direct``.
+        chunks: how many staging chunks a ``staged`` leaf takes.
+        group: the packed group's number; ``group_leaves``/``group_bytes`` describe it.
+        dtype: the element type on the wire (a packed group keeps each dtype's leaves together).
+    """
+
+    device: torch.device
+    source: torch.device
+    direction: Direction
+    nbytes: int
+    route: Route
+    chunks: int = 1
+    group: int = -1
+    group_leaves: int = 0
+    group_bytes: int = 0
+    dtype: torch.dtype = torch.uint8
+
+    def describe(self, cfg: TransferConfig) -> str:
+        """Say how this copy travels, for ``explain()``."""
+        size = format_bytes(self.nbytes)
+        if self.route == "staged":
+            ring = min(cfg.ring, self.chunks)
+            host = "pageable host memory" if self.direction == "h2d" else "a new host array"
+            return (
+                f"staged: {size} in {self.chunks} chunk(s) of {format_bytes(cfg.chunk_bytes)} through "
+                f"{ring} pinned buffer(s), host threads copying to/from {host} while chunks are on the wire; "
+                "2 copies"
+            )
+        if self.route == "packed":
+            return (
+                f"packed: {size} with {self.group_leaves - 1} other leaves into one pinned buffer "
+                f"(group {self.group}, {format_bytes(self.group_bytes)}), one copy for the group; "
+                f"the results of the group share one {'device' if self.direction == 'h2d' else 'host'} allocation"
+            )
+        if self.route == "pinned":
+            return f"pinned: {size} already page-locked, one copy straight over the link"
+        why = "torch's own copy"
+        if self.nbytes == 0:
+            why += " of an empty leaf"
+        elif self.direction == "d2d":
+            why += " between devices"
+        return f"direct: {size}, {why}"
+
+
+def format_bytes(n: int) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def route_for(
+    source: torch.device,
+    target: torch.device,
+    nbytes: int,
+    dtype: torch.dtype,
+    *,
+    pinned: bool,
+    staging: bool,
+    cfg: TransferConfig,
+) -> Transfer:
+    """Choose one leaf's route before the call's other leaves are known.
+
+    Args:
+        source: the leaf's device.
+        target: where it goes.
+        nbytes: bytes that will travel.
+        dtype: the element type that travels.
+        pinned: whether the host side is already page-locked (host to device only).
+        staging: whether the device's backend has a staging engine (CUDA does; MPS does not).
+        cfg: the transfer settings.
+
+    Example:
+        >>> import torch
+        >>> from tensorbridge.config import TransferConfig
+        >>> cfg = TransferConfig(chunk_bytes=1 << 20)
+        >>> t = route_for(torch.device("cpu"), torch.device("cuda:0"), 5 << 20, torch.float32,
+        ...               pinned=False, staging=True, cfg=cfg)
+        >>> t.route, t.chunks
+        ('staged', 5)
+    """
+    if source.type != "cpu" and target.type != "cpu":
+        return Transfer(target, source, "d2d", nbytes, "direct", dtype=dtype)
+    direction: Direction = "h2d" if source.type == "cpu" else "d2h"
+    if not staging or nbytes == 0:
+        return Transfer(target, source, direction, nbytes, "direct", dtype=dtype)
+    if pinned and direction == "h2d":
+        return Transfer(target, source, direction, nbytes, "pinned", dtype=dtype)
+    if nbytes <= cfg.small_max_bytes:
+        return Transfer(target, source, direction, nbytes, "small", dtype=dtype)
+    return Transfer(target, source, direction, nbytes, "staged", math.ceil(nbytes / cfg.chunk_bytes), dtype=dtype)
+
+
+def pack_layout(members: Sequence[tuple[torch.dtype, int]]) -> tuple[list[int], int]:
+    """Lay out packed leaves in one buffer: offsets in the members' order, and the total size.
+
+    Leaves of one dtype sit back to back (so one ``torch.cat`` packs them on a device), each
+    dtype's run starting on a :data:`PACK_ALIGN` boundary, runs in order of first appearance.
+
+    Example:
+        >>> import torch
+        >>> pack_layout([(torch.float32, 8), (torch.uint8, 3), (torch.float32, 4)])
+        ([0, 64, 8], 67)
+    """
+    runs: dict[torch.dtype, list[int]] = {}
+    for i, (dtype, _) in enumerate(members):
+        runs.setdefault(dtype, []).append(i)
+    offsets = [0] * len(members)
+    end = 0
+    for indices in runs.values():
+        end = -(-end // PACK_ALIGN) * PACK_ALIGN
+        for i in indices:
+            offsets[i] = end
+            end += members[i][1]
+    return offsets, end
+
+
+def _transfer_index(plan: Plan) -> int:
+    for i, step in enumerate(plan.steps):
+        if step.kind in TRANSFER_STEPS and isinstance(step.arg, Transfer):
+            return i
+    return -1
+
+
+def assign_routes(plans: Sequence[Plan], cfg: TransferConfig) -> list[Plan]:
+    """Decide the ``small`` routes of one call: packed in groups when enough travel together, else direct.
+
+    Leaves are packed per (direction, source, target) in walk order, a group closing when the
+    next leaf would take it past ``chunk_bytes``.
+    """
+    small: dict[tuple[str, torch.device, torch.device], list[int]] = {}
+    where = [_transfer_index(p) for p in plans]
+    for n, (plan, i) in enumerate(zip(plans, where, strict=True)):
+        if i >= 0:
+            tr: Transfer = plan.steps[i].arg
+            if tr.route == "small":
+                small.setdefault((tr.direction, tr.source, tr.device), []).append(n)
+    routes: dict[int, Transfer] = {}
+    group = 0
+    for members in small.values():
+        if len(members) < cfg.pack_min_leaves:
+            for n in members:
+                routes[n] = dataclasses.replace(_arg(plans[n], where[n]), route="direct")
+            continue
+        for chunk in _groups([_arg(plans[n], where[n]) for n in members], cfg.chunk_bytes):
+            trs = [_arg(plans[members[k]], where[members[k]]) for k in chunk]
+            _, total = pack_layout([(t.dtype, t.nbytes) for t in trs])
+            for k, tr in zip(chunk, trs, strict=True):
+                routes[members[k]] = dataclasses.replace(
+                    tr, route="packed", group=group, group_leaves=len(chunk), group_bytes=total
+                )
+            group += 1
+    out = list(plans)
+    for n, tr in routes.items():
+        plan, i = plans[n], where[n]
+        old = plan.steps[i]
+        steps = (*plan.steps[:i], Step(old.kind, _why(tr, cfg), tr), *plan.steps[i + 1 :])
+        out[n] = dataclasses.replace(plan, steps=steps)
+    return out
+
+
+def _arg(plan: Plan, i: int) -> Transfer:
+    tr: Transfer = plan.steps[i].arg
+    return tr
+
+
+def _groups(trs: Sequence[Transfer], limit: int) -> list[list[int]]:
+    """Split leaves (in order) into groups whose packed layout fits ``limit`` bytes.
+
+    Counts a full :data:`PACK_ALIGN` of padding per dtype run, an upper bound of what
+    :func:`pack_layout` adds, so one pass suffices.
+    """
+    groups: list[list[int]] = [[]]
+    used = 0
+    dtypes: set[torch.dtype] = set()
+    for k, tr in enumerate(trs):
+        extra = tr.nbytes + (0 if tr.dtype in dtypes else PACK_ALIGN)
+        if groups[-1] and used + extra > limit:
+            groups.append([])
+            used, dtypes = 0, set()
+            extra = tr.nbytes + PACK_ALIGN
+        groups[-1].append(k)
+        used += extra
+        dtypes.add(tr.dtype)
+    return groups
+
+
+# --- devices --------------------------------------------------------------------------------
+
+_INSTALL_FIX: Final = {
+    "cuda": "Use device='cpu', or install a CUDA build of torch",
+    "mps": "Use device='cpu'; MPS needs Apple silicon, macOS 12.3+ and a torch built with MPS",
+}
+
+
+def resolve_device(device: torch.device, path: str, what: str, dtype: torch.dtype) -> torch.device:
+    """Check that ``device`` exists and can hold ``dtype``; fill in its index.
+
+    Raises:
+        DeviceError: (RuntimeError) the device type is not available, the index does not
+            exist, or the device lacks the dtype (float64 on MPS).
+    """
+    backend = backend_for(device.type)
+    if backend is None:
+        return device  # cpu, or a type torch handles alone: its own .to() reports problems
+    name = device.type.upper()
+    if not backend.available():
+        raise DeviceError(
+            what,
+            path,
+            f"device {device} was asked for but {name} is not available (torch {torch.__version__})",
+            _INSTALL_FIX.get(device.type, "Use device='cpu'"),
+        )
+    count = backend.device_count()
+    if (device.index or 0) >= count:
+        raise DeviceError(
+            what,
+            path,
+            f"device {device} does not exist (this machine has {count} {name} device{'s' * (count != 1)})",
+            f"Pick an index below {count}",
+        )
+    problem = backend.unsupported(dtype)
+    if problem is not None:
+        raise DeviceError(
+            what,
+            path,
+            f"{problem}, so {str(dtype).removeprefix('torch.')} cannot be moved to {device}",
+            "Pass dtype=torch.float32 (complex64 for complex data) to cast on the way",
+        )
+    return backend.resolve(device)
+
+
+def needs_device(target: torch.device, current: torch.device) -> bool:
+    """Whether data on ``current`` must move to reach ``target`` (both with their indices resolved)."""
+    if target.type != current.type:
+        return True
+    return target.index is not None and target.index != (current.index or 0)
+
+
+def transfer_step(
+    kind: Literal["to_device", "to_host"],
+    source: torch.device,
+    target: torch.device,
+    nbytes: int,
+    dtype: torch.dtype,
+    pinned: Callable[[], bool],
+) -> Step:
+    """The step that moves ``nbytes`` of ``dtype`` from ``source`` to ``target``, with its route."""
+    cfg = current()
+    backend = backend_for(target.type if source.type == "cpu" else source.type)
+    staging = backend is not None and backend.staging
+    large = nbytes > cfg.small_max_bytes
+    tr = route_for(
+        source,
+        target,
+        nbytes,
+        wire_dtype(dtype),
+        pinned=staging and large and source.type == "cpu" and pinned(),
+        staging=staging,
+        cfg=cfg,
+    )
+    return Step(kind, _why(tr, cfg), tr)
+
+
+def _why(tr: Transfer, cfg: TransferConfig) -> str:
+    return f"to {tr.device}, {tr.describe(cfg)}"
+
+
+def device_steps(
+    opts: ToTensorOptions,
+    source: torch.device,
+    target: torch.device | None,
+    path: str,
+    *,
+    nbytes: int,
+    dtype: torch.dtype,
+    pinned: Callable[[], bool],
+) -> list[Step]:
+    """The device move and pinning steps of ``to_tensor``, after any cast on the source side.
+
+    Args:
+        opts: the call's options.
+        source: where the data is.
+        target: ``opts.device`` resolved by :func:`resolve_device`, or None.
+        path: the leaf's key path, for errors.
+        nbytes: the bytes that would travel.
+        dtype: their dtype.
+        pinned: says whether the host memory is page-locked (asked only when it matters).
+    """
+    steps = []
+    if target is not None and needs_device(target, source):
+        steps.append(transfer_step("to_device", source, target, nbytes, dtype, pinned))
+    if opts.pin_memory:
+        if opts.device is not None and opts.device.type != "cpu":
+            raise DeviceError(
+                "to_tensor",
+                path,
+                f"pin_memory=True asks for pinned host memory, but device is {opts.device}",
+                "Drop pin_memory, or leave device unset",
+            )
+        cuda = backend_for("cuda")
+        if cuda is None or not cuda.available():
+            raise DeviceError(
+                "to_tensor",
+                path,
+                "pin_memory=True needs CUDA, which is not available",
+                "Drop pin_memory=True on machines without a GPU",
+            )
+        steps.append(Step("pin", "page-locked host memory for fast GPU copies"))
+    return steps
