@@ -34,10 +34,11 @@ from .pinned import POOL
 
 __all__ = ["move"]
 
-# Fills and drains smaller than this run on the calling thread: a thread hop costs more.
+# Fills and drains smaller than this (or than half a chunk) run on the calling thread: a
+# thread hop costs more than copying them.
 _INLINE_BYTES: Final = 1 << 20
-# A job's host copy is split into pieces of at least this size, one per host thread.
-_MIN_PIECE: Final = 1 << 20
+# A job's host copy is split into one piece per host thread, each at least this size.
+_MIN_PIECE: Final = 4096
 
 
 @dataclass
@@ -171,7 +172,7 @@ def _upload_jobs(
 
 def _fill_tasks(job: _Job, staging: np.ndarray[Any, Any], cfg: TransferConfig) -> list[Callable[[], None]]:
     """The host copies that fill ``staging`` for ``job``, in pieces for the host threads."""
-    piece = max(_MIN_PIECE, cfg.chunk_bytes // cfg.threads)
+    piece = _piece(cfg)
     tasks: list[Callable[[], None]] = []
     batch: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
     size = 0
@@ -228,8 +229,12 @@ class _Ring:
             POOL.give_back(self.bufs[slot], self.events[slot])
 
 
+def _piece(cfg: TransferConfig) -> int:
+    return max(_MIN_PIECE, cfg.chunk_bytes // cfg.threads)
+
+
 def _submit(tasks: list[Callable[[], None]], nbytes: int, cfg: TransferConfig) -> list[Future[None]]:
-    if nbytes < _INLINE_BYTES or cfg.threads == 1:
+    if nbytes < min(_INLINE_BYTES, cfg.chunk_bytes // 2) or cfg.threads == 1:
         for task in tasks:
             task()
         return []
@@ -320,7 +325,7 @@ def _download_jobs(
 
 
 def _drain_tasks(job: _Job, staging: np.ndarray[Any, Any], event: Event, cfg: TransferConfig) -> list[Callable[[], None]]:
-    piece = max(_MIN_PIECE, cfg.chunk_bytes // cfg.threads)
+    piece = _piece(cfg)
     tasks: list[Callable[[], None]] = []
     for off, dst in job.host:
         for start in range(0, dst.size, piece):

@@ -160,7 +160,7 @@ def route_for(
         return Transfer(target, source, direction, nbytes, "direct", dtype=dtype)
     if pinned and direction == "h2d":
         return Transfer(target, source, direction, nbytes, "pinned", dtype=dtype)
-    if nbytes <= cfg.small_max_bytes:
+    if nbytes <= min(cfg.small_max_bytes, cfg.chunk_bytes):
         return Transfer(target, source, direction, nbytes, "small", dtype=dtype)
     return Transfer(target, source, direction, nbytes, "staged", math.ceil(nbytes / cfg.chunk_bytes), dtype=dtype)
 
@@ -323,7 +323,7 @@ def transfer_step(
     cfg = current()
     backend = backend_for(target.type if source.type == "cpu" else source.type)
     staging = backend is not None and backend.staging
-    large = nbytes > cfg.small_max_bytes
+    large = nbytes > min(cfg.small_max_bytes, cfg.chunk_bytes)
     tr = route_for(
         source,
         target,
