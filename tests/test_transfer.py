@@ -8,6 +8,7 @@ device memory starts as garbage, so a missing synchronization shows up as wrong 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import threading
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import tensorbridge as tb
 from tensorbridge._convert.pinned import POOL, PinnedPool
 from tensorbridge.config import TransferConfig
 from tensorbridge.devices import install_backend
-from tensorbridge.plan.transfer import PACK_ALIGN, assign_routes, pack_layout, route_for
+from tensorbridge.plan.transfer import PACK_ALIGN, pack_layout, route_for
 
 from .fakegpu import GARBAGE, FakeCuda, FakeCudaTensor, FakeEvent, bits_of, on_fake, plain
 from .helpers import EXACT_ROWS, bits, random_bits
@@ -89,7 +90,7 @@ def test_pack_layout_aligns_every_element() -> None:
     members = [(d, d.itemsize * rng.randint(0, 9)) for d in rng.choices(dtypes, k=200)]
     offsets, total = pack_layout(members)
     spans = sorted((off, off + n) for off, (_, n) in zip(offsets, members, strict=True))
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), "packed leaves overlap"
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), "packed leaves overlap"
     assert all(off % d.itemsize == 0 for off, (d, _) in zip(offsets, members, strict=True))
     assert total == max(end for _, end in spans)
     assert total <= sum(n for _, n in members) + PACK_ALIGN * len(dtypes)
@@ -161,7 +162,7 @@ def test_mps_refuses_float64_with_the_fix() -> None:
 def test_without_cuda_the_error_says_so() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(tb.DeviceError, match="CUDA is not available.*install a CUDA build"):
+    with pytest.raises(tb.DeviceError, match=r"CUDA is not available.*install a CUDA build"):
         tb.to_tensor({"x": np.zeros(2)}, device="cuda", non_blocking=True)
     with pytest.raises(tb.UnsupportedError, match="non_blocking must be None, True or False"):
         tb.to_tensor(np.zeros(2), device="cpu", non_blocking="yes")  # type: ignore[arg-type]
@@ -353,11 +354,13 @@ def test_many_threads_round_trip_within_the_cap(gpu: FakeCuda) -> None:
         try:
             for _ in range(25):
                 row = EXACT_ROWS[int(rng.integers(len(EXACT_ROWS)))]
-                data = [random_bits(row, (int(rng.integers(0, 900)),), seed=int(rng.integers(1 << 30))) for _ in range(int(rng.integers(1, 12)))]
-                out = tb.to_numpy(tb.to_tensor(data, device=f"cuda:{int(rng.integers(2))}", non_blocking=bool(rng.integers(2))))
+                sizes = rng.integers(0, 900, size=int(rng.integers(1, 12)))
+                data = [random_bits(row, (int(n),), seed=int(rng.integers(1 << 30))) for n in sizes]
+                device = f"cuda:{int(rng.integers(2))}"
+                out = tb.to_numpy(tb.to_tensor(data, device=device, non_blocking=bool(rng.integers(2))))
                 for a, b in zip(data, out, strict=True):
                     assert bits(a) == bits(b)
-        except BaseException as err:  # noqa: BLE001 - reported below, in the test's thread
+        except BaseException as err:  # reported below, in the test's thread
             errors.append(err)
 
     threads = [threading.Thread(target=work, args=(s,)) for s in range(8)]

@@ -114,7 +114,7 @@ class CudaBackend:
         dst.copy_(src, non_blocking=True)
 
     def record(self, device: torch.device) -> Event:
-        event = torch.cuda.Event()
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]  # torch leaves Event.__init__ untyped
         event.record(torch.cuda.current_stream(device))
         return event
 

@@ -193,8 +193,7 @@ def run_plans(leaves: Sequence[Leaf], plans: Sequence[Plan], non_blocking: bool 
         for n, out in zip(moving, _move([plans[n] for n in moving], items, non_blocking), strict=True):
             mids[n] = out
     return [
-        mid if c < 0 else _run_steps(mid, p, c + 1, len(p.steps))
-        for mid, p, c in zip(mids, plans, cuts, strict=True)
+        mid if c < 0 else _run_steps(mid, p, c + 1, len(p.steps)) for mid, p, c in zip(mids, plans, cuts, strict=True)
     ]
 
 

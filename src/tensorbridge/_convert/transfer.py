@@ -78,7 +78,8 @@ def _threads(cfg: TransferConfig) -> ThreadPoolExecutor:
 
 def _host_bits(t: torch.Tensor) -> np.ndarray[Any, Any]:
     """A NumPy view of a host tensor's bits, as same-size integers (complex128 as itself)."""
-    return _resolved(t).view(wire_dtype(t.dtype)).numpy()
+    bits: np.ndarray[Any, Any] = _resolved(t).view(wire_dtype(t.dtype)).numpy()
+    return bits
 
 
 def _resolved(t: torch.Tensor) -> torch.Tensor:
@@ -90,7 +91,8 @@ def _memory_order(t: torch.Tensor) -> list[int] | None:
     """The axis order that makes ``t`` C-contiguous, if it is dense with positive strides; else None."""
     if t.is_contiguous():
         return list(range(t.dim()))
-    order = sorted(range(t.dim()), key=lambda i: (-t.stride(i), -t.shape[i]))
+    strides = t.stride()
+    order = sorted(range(t.dim()), key=lambda i: (-strides[i], -t.shape[i]))
     return order if t.permute(order).is_contiguous() else None
 
 
@@ -122,7 +124,8 @@ def _blocks(a: np.ndarray[Any, Any], limit: int) -> Iterator[np.ndarray[Any, Any
 
 def _as_c_bytes(buf: np.ndarray[Any, Any], off: int, like: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """The C-ordered region of ``buf`` (uint8) at ``off`` shaped and typed like ``like``."""
-    return buf[off : off + like.nbytes].view(like.dtype).reshape(like.shape)
+    region: np.ndarray[Any, Any] = buf[off : off + like.nbytes].view(like.dtype).reshape(like.shape)
+    return region
 
 
 # --- host to device ---------------------------------------------------------------------------
@@ -147,7 +150,8 @@ def _upload_jobs(
             slots[n] = dev.view(t.dtype).view(t.shape)
         else:
             slots[n] = dev.view(t.dtype).view([t.shape[i] for i in order]).permute(_inverse(order))
-        start, blocks, size = 0, [], 0
+        start, size = 0, 0
+        blocks: list[tuple[int, np.ndarray[Any, Any]]] = []
         for block in _blocks(src, cfg.chunk_bytes):
             if size + block.nbytes > cfg.chunk_bytes and blocks:
                 jobs.append(_Job(size, dev[start : start + size], blocks))
@@ -158,7 +162,9 @@ def _upload_jobs(
             jobs.append(_Job(size, dev[start : start + size], blocks))
     for members in groups.values():
         hosts = [_host_bits(items[n][0]) for n in members]
-        offsets, total = pack_layout([(wire_dtype(items[n][0].dtype), h.nbytes) for n, h in zip(members, hosts, strict=True)])
+        offsets, total = pack_layout(
+            [(wire_dtype(items[n][0].dtype), h.nbytes) for n, h in zip(members, hosts, strict=True)]
+        )
         dev = backend.empty(total, items[members[0]][1].device)
         jobs.append(_Job(total, dev, list(zip(offsets, hosts, strict=True))))
         for n, off, h in zip(members, offsets, hosts, strict=True):
@@ -324,7 +330,9 @@ def _download_jobs(
     return jobs, results
 
 
-def _drain_tasks(job: _Job, staging: np.ndarray[Any, Any], event: Event, cfg: TransferConfig) -> list[Callable[[], None]]:
+def _drain_tasks(
+    job: _Job, staging: np.ndarray[Any, Any], event: Event, cfg: TransferConfig
+) -> list[Callable[[], None]]:
     piece = _piece(cfg)
     tasks: list[Callable[[], None]] = []
     for off, dst in job.host:
@@ -401,9 +409,9 @@ def move(items: Sequence[tuple[torch.Tensor, Transfer]], non_blocking: bool | No
                 results[n] = out
         if direction != "d2h" and non_blocking is not True and backend is not None and backend.staging:
             backend.record(device).synchronize()
-    out = [r for r in results if r is not None]
-    assert len(out) == len(items)
-    return out
+    done = [r for r in results if r is not None]
+    assert len(done) == len(items)
+    return done
 
 
 def _direct(t: torch.Tensor, tr: Transfer, backend: Backend | None, *, non_blocking: bool) -> torch.Tensor:

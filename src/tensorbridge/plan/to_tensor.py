@@ -8,9 +8,9 @@ from typing import Any, Final
 import numpy as np
 import torch
 
+from ..devices import backend_for
 from ..dtypes import is_ml_dtype, row_for_numpy, row_for_torch
 from ..errors import ConversionError, UnsupportedError
-from ..devices import backend_for
 from .core import COPYING, Plan, Step, ToTensorOptions, describe_array, describe_tensor, finish_copies
 from .transfer import device_steps, needs_device, resolve_device
 
