@@ -9,7 +9,8 @@ Example:
 
 from __future__ import annotations
 
-from .api import Explanation, explain, stack, to_numpy, to_tensor
+from ._stack import stack
+from .api import Explanation, explain, to_numpy, to_tensor
 from .dtypes import ROWS, numpy_dtype, torch_dtype
 from .errors import (
     ConversionError,
