@@ -392,3 +392,34 @@ def test_an_error_in_any_leaf_is_raised_before_anything_moves(gpu: FakeCuda) -> 
     with pytest.raises(tb.UnsupportedError, match=r"data\['bad'\]"):
         tb.to_tensor({"ok": np.zeros(3000), "bad": np.array(["text"])}, device="cuda")
     assert gpu.copies == 0 and gpu.moves == 0
+
+
+def test_a_lone_small_array_skips_planning_once_the_device_is_known(gpu: FakeCuda) -> None:
+    from tensorbridge.devices import checked_device
+
+    a = np.arange(10.0)
+    assert checked_device("cuda:1") is None
+    first = tb.to_tensor(a, device="cuda:1")
+    assert checked_device("cuda:1") is not None, "the device was checked once, then remembered"
+    moves = gpu.moves
+    again = tb.to_tensor(a, device="cuda:1", non_blocking=True)
+    assert gpu.moves == moves + 1, "torch's own copy, the route the planner gives a lone small leaf"
+    assert again.device == first.device == torch.device("cuda", 1)
+    assert plain(again).tolist() == plain(first).tolist() == a.tolist()
+    with pytest.raises(tb.DeviceError, match="cuda:7 does not exist"):
+        tb.to_tensor(a, device="cuda:7")
+    assert checked_device("cuda:7") is None
+    ro = np.arange(10.0)
+    ro.flags.writeable = False
+    assert plain(tb.to_tensor(ro, device="cuda:1")).tolist() == ro.tolist()  # planned: not the fast path
+
+
+def test_the_tutorials_gpu_round_trip(gpu: FakeCuda) -> None:
+    # Tutorial 2: torch.from_numpy(x).to("cuda"), then x.to("cpu").numpy() and
+    # x.detach().to("cpu").numpy(); through tensorbridge it is one call each way.
+    x = np.eye(3)
+    t = tb.to_tensor(x, device="cuda")
+    assert t.device == torch.device("cuda", 0) and t.dtype is torch.float64
+    assert np.array_equal(tb.to_numpy(t), x)
+    g = tb.to_tensor(x, device="cuda", requires_grad=True)
+    assert g.requires_grad and np.array_equal(tb.to_numpy(g), x)
