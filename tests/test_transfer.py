@@ -423,3 +423,49 @@ def test_the_tutorials_gpu_round_trip(gpu: FakeCuda) -> None:
     assert np.array_equal(tb.to_numpy(t), x)
     g = tb.to_tensor(x, device="cuda", requires_grad=True)
     assert g.requires_grad and np.array_equal(tb.to_numpy(g), x)
+
+
+FAST_LAYOUTS = ["c", "fortran", "reversed", "step", "transpose", "readonly", "zero_d"]
+
+
+def _partition(xs: list[Any]) -> list[int]:
+    """For each item, the index of the first item sharing its memory."""
+    ptrs = [
+        plain(x).untyped_storage().data_ptr()
+        if isinstance(x, torch.Tensor)
+        else np.byte_bounds(np.asarray(x.base if x.base is not None else x))[0]
+        for x in xs
+    ]
+    return [ptrs.index(p) for p in ptrs]
+
+
+@given(
+    rows=st.lists(st.sampled_from(EXACT_ROWS), min_size=4, max_size=60),
+    layouts=st.lists(st.sampled_from(FAST_LAYOUTS), min_size=60, max_size=60),
+    sizes=st.lists(st.integers(1, 120), min_size=60, max_size=60),
+)
+def test_the_fast_path_packs_exactly_as_the_planner_does(
+    rows: list[tb.dtypes.DtypeRow], layouts: list[str], sizes: list[int]
+) -> None:
+    from collections import deque
+
+    from tensorbridge._fastpath import fast_from_device, fast_to_device
+
+    for fake in _installed(FakeCuda(devices=1, delay=0.0001)):
+        arrays = [make(row, (2, sizes[i] % 9 + 1), layouts[i], i) for i, row in enumerate(rows)]
+        tb.to_tensor(arrays[0], device="cuda")  # checks the device once
+        copies = fake.copies
+        fast = fast_to_device(arrays, "cuda", None)  # raises Bail if the fast path declined
+        fast_copies, copies = fake.copies - copies, fake.copies
+        slow = list(tb.to_tensor(deque(arrays), device="cuda"))  # a deque takes the planner
+        assert fake.copies - copies == fast_copies
+        groups = [_route(p).group for p in tb.explain(deque(arrays), device="cuda").plans]
+        assert _partition(fast) == _partition(slow) == [groups.index(g) for g in groups]
+        for a, f, s in zip(arrays, fast, slow, strict=True):
+            assert f.dtype is s.dtype and f.shape == s.shape and f.is_contiguous()
+            assert bits_of(f) == bits_of(s) == bits(a)
+        back_fast = fast_from_device(fast)
+        back_slow = list(tb.to_numpy(deque(slow)))
+        for a, f, s in zip(arrays, back_fast, back_slow, strict=True):
+            assert type(f) is np.ndarray and f.dtype == s.dtype == a.dtype and f.shape == s.shape
+            assert bits(f) == bits(s) == bits(a)

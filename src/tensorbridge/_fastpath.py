@@ -17,7 +17,12 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-__all__ = ["MAX_DEPTH", "Bail", "fast_to_numpy", "fast_to_tensor"]
+from ._convert.transfer import download_packed, upload_packed
+from .config import current
+from .devices import backend_for, checked_device
+from .dtypes import ROWS
+
+__all__ = ["MAX_DEPTH", "Bail", "fast_from_device", "fast_to_device", "fast_to_numpy", "fast_to_tensor"]
 
 MAX_DEPTH: Final = 64
 _ndarray = np.ndarray
@@ -29,6 +34,11 @@ _PLAIN: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 class Bail(Exception):
     """The input needs the general walker."""
+
+
+# The dtypes that convert exactly both ways (bfloat16/float8 through ml_dtypes included).
+_TORCH_OF: Final = {row.numpy: row.torch for row in ROWS if row.exact}
+_NUMPY_OF: Final = {row.torch: row.numpy for row in ROWS if row.exact}
 
 
 def fast_to_tensor(obj: Any, depth: int = 0) -> Any:
@@ -81,3 +91,100 @@ def fast_to_numpy(obj: Any, depth: int = 0) -> Any:
     if cls is _ndarray or cls in _PLAIN:
         return obj
     raise Bail
+
+
+# --- many small leaves to and from a device ---------------------------------------------------
+#
+# A batch of small leaves in plain dicts/lists/tuples is exactly what the planner would pack
+# (see plan/transfer.py): the same groups, the same offsets, the same copies. Doing it here
+# skips ~20 us of planning per leaf, which would cost more than the copies save.
+
+
+def _gather(obj: Any, accept: type, out: list[Any], depth: int) -> None:
+    """Append the leaves of a plain container to ``out``, in walk order, or raise :class:`Bail`."""
+    cls = type(obj)
+    if isinstance(obj, accept) and (cls is _ndarray or accept is _Tensor):
+        out.append(obj)
+    elif cls in _PLAIN:
+        return
+    elif depth >= MAX_DEPTH:
+        raise Bail
+    elif cls is dict:
+        for v in obj.values():
+            _gather(v, accept, out, depth + 1)
+    elif cls is list or cls is tuple:
+        for v in obj:
+            _gather(v, accept, out, depth + 1)
+    else:
+        raise Bail
+
+
+def _rebuild(obj: Any, accept: type, results: Any, depth: int) -> Any:
+    """The container of ``obj`` with each leaf replaced by the next result."""
+    cls = type(obj)
+    if isinstance(obj, accept) and (cls is _ndarray or accept is _Tensor):
+        return next(results)
+    if cls is dict:
+        return {k: _rebuild(v, accept, results, depth + 1) for k, v in obj.items()}
+    if cls is list:
+        return [_rebuild(v, accept, results, depth + 1) for v in obj]
+    if cls is tuple:
+        return tuple(_rebuild(v, accept, results, depth + 1) for v in obj)
+    return obj
+
+
+def fast_to_device(obj: Any, device: object, non_blocking: bool | None) -> Any:
+    """Pack a plain container of small native-order arrays onto a checked device, or raise :class:`Bail`."""
+    checked = checked_device(device)
+    if checked is None or not checked[0].staging:
+        raise Bail
+    backend, target = checked
+    leaves: list[np.ndarray[Any, Any]] = []
+    _gather(obj, _ndarray, leaves, 0)
+    cfg = current()
+    if len(leaves) < cfg.pack_min_leaves:
+        raise Bail
+    small = min(cfg.small_max_bytes, cfg.chunk_bytes)
+    dtypes = []
+    for a in leaves:
+        dt = _TORCH_OF.get(a.dtype)
+        if dt is None or not 0 < a.nbytes <= small or not (a.dtype.isnative or a.dtype.itemsize == 1):
+            raise Bail  # a dtype torch lacks, an empty or large leaf, swapped bytes: the planner
+        if not (a.flags.c_contiguous or a.flags.f_contiguous) and any(
+            st == 0 and n > 1 for st, n in zip(a.strides, a.shape, strict=True)
+        ):
+            raise Bail  # a broadcast: the planner moves only its distinct values
+        dtypes.append(dt)
+    results = upload_packed(leaves, dtypes, backend.resolve(target), backend, non_blocking)
+    return _rebuild(obj, _ndarray, iter(results), 0)
+
+
+def fast_from_device(obj: Any) -> Any:
+    """Bring a plain container of small contiguous device tensors to NumPy, or raise :class:`Bail`."""
+    leaves: list[torch.Tensor] = []
+    _gather(obj, _Tensor, leaves, 0)
+    cfg = current()
+    if len(leaves) < cfg.pack_min_leaves:
+        raise Bail
+    device = leaves[0].device
+    backend = backend_for(device.type)
+    if backend is None or not backend.staging:
+        raise Bail
+    small = min(cfg.small_max_bytes, cfg.chunk_bytes)
+    dtypes = []
+    for t in leaves:
+        dt = _NUMPY_OF.get(t.dtype)
+        if (
+            dt is None
+            or t.device != device
+            or t.requires_grad
+            or t.layout != torch.strided
+            or t.is_conj()
+            or t.is_neg()
+            or not t.is_contiguous()
+            or not 0 < t.numel() * t.element_size() <= small
+        ):
+            raise Bail  # the planner knows what each of these needs
+        dtypes.append(dt)
+    results = download_packed(leaves, dtypes, device, backend)
+    return _rebuild(obj, _Tensor, iter(results), 0)

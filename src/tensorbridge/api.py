@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ._convert.execute import run_plan, run_plans
-from ._fastpath import Bail, fast_to_numpy, fast_to_tensor
+from ._fastpath import Bail, fast_from_device, fast_to_device, fast_to_numpy, fast_to_tensor
 from .config import current as current_config
 from .devices import checked_device, remember_device
 from .dtypes import ROWS
@@ -176,10 +176,17 @@ def to_tensor(
         >>> batch["rgb"][0, 0].tolist(), batch["id"]
         ([2, 1, 0], 7)
     """
+    if device is not None and checked_device(device) is None:
+        _check_device(device)
     if device is not None and dtype is None and copy is None and not requires_grad and not pin_memory:
         moved = _fast_move(data, device, non_blocking)
         if moved is not None:
             return moved
+        if non_blocking is None or non_blocking is True or non_blocking is False:
+            try:
+                return fast_to_device(data, device, non_blocking)
+            except Bail:
+                pass
     if dtype is None and device is None and copy is None and not requires_grad and not pin_memory:
         if type(data) is _ndarray and data.flags.writeable:
             try:
@@ -195,14 +202,19 @@ def to_tensor(
     opts = normalize_to_tensor(dtype, device, copy, requires_grad, pin_memory)
     _check_non_blocking(non_blocking, "to_tensor")
     if opts.device is not None:
-        if opts.device.type == "cuda" and checked_device(device) is None:
-            try:
-                resolve_device(opts.device, "data", "to_tensor", torch.float32)
-                remember_device(device, opts.device)
-            except DeviceError:
-                pass  # the planner raises it, naming the leaf
         return _convert_together(data, lambda x, path: _plan_tensor(x, opts, path), non_blocking)
     return map_leaves(lambda x, path: _tensor_leaf(x, path, opts), data)
+
+
+def _check_device(device: object) -> None:
+    """Check a CUDA device argument once; remember it for the fast paths if it exists."""
+    try:
+        dev = torch.device(device)  # type: ignore[call-overload]
+        if dev.type == "cuda":
+            resolve_device(dev, "data", "to_tensor", torch.float32)
+            remember_device(device, dev)
+    except (RuntimeError, TypeError, DeviceError):
+        pass  # the planner raises it, naming the leaf and the fix
 
 
 def _fast_move(data: Any, device: object, non_blocking: object) -> torch.Tensor | None:
@@ -342,6 +354,10 @@ def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None, non_b
         except (TypeError, RuntimeError, Bail):
             if type(data) is _Tensor and _plain_small_cuda(data):
                 return data.to("cpu").numpy()
+            try:
+                return fast_from_device(data)
+            except Bail:
+                pass
             try:
                 return map_leaves(_numpy_leaf_default, data)
             except _OnDevice:

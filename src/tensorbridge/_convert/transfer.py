@@ -29,10 +29,10 @@ import torch
 
 from ..config import TransferConfig, current
 from ..devices import Backend, Event, backend_for
-from ..plan.transfer import Transfer, pack_layout, wire_dtype
+from ..plan.transfer import Transfer, pack_groups, pack_layout, wire_dtype
 from .pinned import POOL
 
-__all__ = ["move"]
+__all__ = ["download_packed", "move", "upload_packed"]
 
 # Fills and drains smaller than this (or than half a chunk) run on the calling thread: a
 # thread hop costs more than copying them.
@@ -53,6 +53,8 @@ class _Job:
     nbytes: int
     dev: torch.Tensor
     host: list[tuple[int, np.ndarray[Any, Any]]] = field(default_factory=list)
+    # Host to device only: runs of flat byte arrays gathered back to back at an offset.
+    runs: list[tuple[int, list[np.ndarray[Any, Any]]]] = field(default_factory=list)
 
 
 # --- the shared thread pool -------------------------------------------------------------------
@@ -191,7 +193,26 @@ def _fill_tasks(job: _Job, staging: np.ndarray[Any, Any], cfg: TransferConfig) -
                 batch, size = [], 0
     if batch:
         tasks.append(_copier(batch))
+    for off, parts in job.runs:
+        # Consecutive parts are gathered by one host thread, up to a piece's worth each.
+        start, end = off, off
+        group: list[np.ndarray[Any, Any]] = []
+        for part in parts:
+            if group and end - start + part.size > piece:
+                tasks.append(_gatherer(staging[start:end], group))
+                start, group = end, []
+            group.append(part)
+            end += part.size
+        if group:
+            tasks.append(_gatherer(staging[start:end], group))
     return tasks
+
+
+def _gatherer(dst: np.ndarray[Any, Any], parts: list[np.ndarray[Any, Any]]) -> Callable[[], None]:
+    def run() -> None:
+        np.concatenate(parts, out=dst)
+
+    return run
 
 
 def _pieces(off: int, src: np.ndarray[Any, Any], piece: int) -> Iterator[tuple[int, np.ndarray[Any, Any]]]:
@@ -418,3 +439,156 @@ def _direct(t: torch.Tensor, tr: Transfer, backend: Backend | None, *, non_block
     if backend is None:
         return t.detach().to(tr.device, non_blocking=non_blocking)
     return backend.move(t.detach(), tr.device, non_blocking or tr.route == "pinned")
+
+
+# --- packed batches without plans (see _fastpath.py) ------------------------------------------
+#
+# Per-leaf Python calls cost more than the copies of small leaves, so a packed group is
+# handled one dtype run at a time: one np.concatenate fills a run's bytes on the host, one
+# torch.stack/cat packs it on the device, and unbind/split cut it into per-leaf views in C++.
+
+# dtypes whose cat/stack kernels exist on every device; others are packed as integer bits.
+_CAT_DTYPES: Final = frozenset(
+    {
+        torch.bool,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.complex64,
+        torch.complex128,
+    }
+)
+
+
+def _runs(group: list[int], wires: Sequence[torch.dtype]) -> dict[torch.dtype, list[int]]:
+    runs: dict[torch.dtype, list[int]] = {}
+    for k in group:
+        runs.setdefault(wires[k], []).append(k)
+    return runs
+
+
+def _split(run: torch.Tensor, shapes: list[torch.Size], numels: list[int]) -> Sequence[torch.Tensor]:
+    """Cut a typed 1-D run into per-leaf views of the given shapes, in as few calls as possible."""
+    first = shapes[0]
+    if all(shape == first for shape in shapes):
+        return run.view(len(shapes), *first).unbind(0)
+    parts = torch.split(run, numels)
+    return [p if len(shape) == 1 else p.view(shape) for p, shape in zip(parts, shapes, strict=True)]
+
+
+def _c_bytes(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The bytes of ``a`` in C order: a view when ``a`` is C-contiguous, else a copy."""
+    flat: np.ndarray[Any, Any] = (a if a.flags.c_contiguous else np.ascontiguousarray(a)).reshape(-1)
+    return flat.view(np.uint8)
+
+
+def upload_packed(
+    arrays: Sequence[np.ndarray[Any, Any]],
+    dtypes: Sequence[torch.dtype],
+    device: torch.device,
+    backend: Backend,
+    non_blocking: bool | None,
+) -> list[torch.Tensor]:
+    """Small native-order host arrays to ``device``, packed as the planner packs them.
+
+    The groups and offsets are those of :func:`~tensorbridge.plan.transfer.pack_groups` and
+    :func:`~tensorbridge.plan.transfer.pack_layout` over the same leaves, so ``explain()``
+    describes what this does. Each result is C-contiguous, a view of its group's allocation.
+    """
+    cfg = current()
+    wires = [wire_dtype(d) for d in dtypes]
+    members = [(w, a.nbytes) for w, a in zip(wires, arrays, strict=True)]
+    jobs: list[_Job] = []
+    results: list[torch.Tensor | None] = [None] * len(arrays)
+    for group in pack_groups(members, cfg.chunk_bytes):
+        offsets, total = pack_layout([members[k] for k in group])
+        where = dict(zip(group, offsets, strict=True))
+        dev = backend.empty(total, device)
+        job = _Job(total, dev)
+        for ks in _runs(group, wires).values():
+            start = where[ks[0]]
+            size = sum(members[k][1] for k in ks)
+            # C-order bytes of each leaf (a view when the leaf is C-contiguous), one copy per run.
+            job.runs.append((start, [_c_bytes(arrays[k]) for k in ks]))
+            kinds = {dtypes[k] for k in ks}
+            if len(kinds) == 1:
+                typed = dev[start : start + size].view(dtypes[ks[0]])
+                views = _split(typed, [torch.Size(arrays[k].shape) for k in ks], [arrays[k].size for k in ks])
+                for k, v in zip(ks, views, strict=True):
+                    results[k] = v
+            else:
+                for k in ks:
+                    a = arrays[k]
+                    results[k] = dev[where[k] : where[k] + a.nbytes].view(dtypes[k]).view(a.shape)
+        jobs.append(job)
+    _run_uploads(jobs, backend, device, cfg)
+    if non_blocking is not True:
+        backend.record(device).synchronize()
+    done = [r for r in results if r is not None]
+    assert len(done) == len(arrays)
+    return done
+
+
+def download_packed(
+    tensors: Sequence[torch.Tensor], dtypes: Sequence[np.dtype[Any]], device: torch.device, backend: Backend
+) -> list[np.ndarray[Any, Any]]:
+    """Small contiguous device tensors to new host arrays, packed as the planner packs them.
+
+    The arrays of one group are views of one host allocation.
+    """
+    cfg = current()
+    wires = [wire_dtype(t.dtype) for t in tensors]
+    members = [(w, t.numel() * t.element_size()) for w, t in zip(wires, tensors, strict=True)]
+    jobs: list[_Job] = []
+    unpack: list[tuple[np.ndarray[Any, Any], list[int], list[int]]] = []
+    for group in pack_groups(members, cfg.chunk_bytes):
+        offsets, total = pack_layout([members[k] for k in group])
+        where = dict(zip(group, offsets, strict=True))
+        dev = backend.empty(total, device)
+        for ks in _runs(group, wires).values():
+            start = where[ks[0]]
+            size = sum(members[k][1] for k in ks)
+            run = [tensors[k] for k in ks]
+            kind = run[0].dtype
+            if kind in _CAT_DTYPES and all(t.dtype == kind for t in run):
+                shape = run[0].shape
+                if all(t.shape == shape for t in run):
+                    torch.stack(run, out=dev[start : start + size].view(kind).view(len(run), *shape))
+                else:
+                    torch.cat([t.view(-1) for t in run], out=dev[start : start + size].view(kind))
+            else:
+                # One kernel packs every leaf of one element size, as integers of that size.
+                w = wires[ks[0]]
+                torch.cat([t.view(w).view(-1) for t in run], out=dev[start : start + size].view(w))
+        host = _host_bytes(total)
+        jobs.append(_Job(total, dev, [(0, host)]))
+        unpack.append((host, group, offsets))
+    _run_downloads(jobs, backend, device, cfg)
+    out: list[np.ndarray[Any, Any] | None] = [None] * len(tensors)
+    for host, group, offsets in unpack:
+        where = dict(zip(group, offsets, strict=True))
+        for ks in _runs(group, wires).values():
+            first = tensors[ks[0]]
+            if all(dtypes[k] == dtypes[ks[0]] and tensors[k].shape == first.shape for k in ks):
+                start = where[ks[0]]
+                size = len(ks) * members[ks[0]][1]
+                rows = host[start : start + size].view(dtypes[ks[0]]).reshape(len(ks), *first.shape)
+                if first.dim():
+                    for k, row in zip(ks, rows, strict=True):
+                        out[k] = row
+                else:  # iterating would give NumPy scalars, not 0-d arrays
+                    for j, k in enumerate(ks):
+                        out[k] = rows[j, ...]
+            else:
+                for k in ks:
+                    dims = tuple(tensors[k].shape)
+                    out[k] = host[where[k] : where[k] + members[k][1]].view(dtypes[k]).reshape(dims)
+    done = [a for a in out if a is not None]
+    assert len(done) == len(tensors)
+    return done

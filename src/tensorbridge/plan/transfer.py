@@ -36,6 +36,7 @@ __all__ = [
     "device_steps",
     "format_bytes",
     "needs_device",
+    "pack_groups",
     "pack_layout",
     "resolve_device",
     "route_for",
@@ -216,12 +217,12 @@ def assign_routes(plans: Sequence[Plan], cfg: TransferConfig) -> list[Plan]:
             for n in members:
                 routes[n] = dataclasses.replace(_arg(plans[n], where[n]), route="direct")
             continue
-        for chunk in _groups([_arg(plans[n], where[n]) for n in members], cfg.chunk_bytes):
-            trs = [_arg(plans[members[k]], where[members[k]]) for k in chunk]
-            _, total = pack_layout([(t.dtype, t.nbytes) for t in trs])
-            for k, tr in zip(chunk, trs, strict=True):
+        trs = [_arg(plans[n], where[n]) for n in members]
+        for chunk in pack_groups([(t.dtype, t.nbytes) for t in trs], cfg.chunk_bytes):
+            _, total = pack_layout([(trs[k].dtype, trs[k].nbytes) for k in chunk])
+            for k in chunk:
                 routes[members[k]] = dataclasses.replace(
-                    tr, route="packed", group=group, group_leaves=len(chunk), group_bytes=total
+                    trs[k], route="packed", group=group, group_leaves=len(chunk), group_bytes=total
                 )
             group += 1
     out = list(plans)
@@ -238,24 +239,29 @@ def _arg(plan: Plan, i: int) -> Transfer:
     return tr
 
 
-def _groups(trs: Sequence[Transfer], limit: int) -> list[list[int]]:
-    """Split leaves (in order) into groups whose packed layout fits ``limit`` bytes.
+def pack_groups(members: Sequence[tuple[torch.dtype, int]], limit: int) -> list[list[int]]:
+    """Split packed leaves (in order) into groups whose :func:`pack_layout` fits ``limit`` bytes.
 
     Counts a full :data:`PACK_ALIGN` of padding per dtype run, an upper bound of what
     :func:`pack_layout` adds, so one pass suffices.
+
+    Example:
+        >>> import torch
+        >>> pack_groups([(torch.int32, 40), (torch.int32, 40), (torch.uint8, 10)], limit=160)
+        [[0, 1], [2]]
     """
     groups: list[list[int]] = [[]]
     used = 0
     dtypes: set[torch.dtype] = set()
-    for k, tr in enumerate(trs):
-        extra = tr.nbytes + (0 if tr.dtype in dtypes else PACK_ALIGN)
+    for k, (dtype, nbytes) in enumerate(members):
+        extra = nbytes + (0 if dtype in dtypes else PACK_ALIGN)
         if groups[-1] and used + extra > limit:
             groups.append([])
             used, dtypes = 0, set()
-            extra = tr.nbytes + PACK_ALIGN
+            extra = nbytes + PACK_ALIGN
         groups[-1].append(k)
         used += extra
-        dtypes.add(tr.dtype)
+        dtypes.add(dtype)
     return groups
 
 
