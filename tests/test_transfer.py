@@ -469,3 +469,15 @@ def test_the_fast_path_packs_exactly_as_the_planner_does(
         for a, f, s in zip(arrays, back_fast, back_slow, strict=True):
             assert type(f) is np.ndarray and f.dtype == s.dtype == a.dtype and f.shape == s.shape
             assert bits(f) == bits(s) == bits(a)
+
+
+def test_device_leaves_of_exact_tensor_type_are_converted_together() -> None:
+    # Regression: an exact torch.Tensor off the CPU used to be converted leaf by leaf (its
+    # refused .numpy() fell through to per-leaf planning), so nothing was ever packed.
+    # A meta tensor is an exact Tensor off the CPU on any machine.
+    from tensorbridge.api import _numpy_leaf_default, _OnDevice
+
+    with pytest.raises(_OnDevice):
+        _numpy_leaf_default(torch.empty(3, device="meta"), ())
+    with pytest.raises(tb.UnsupportedError, match=r"data\['m'\]: meta tensor"):
+        tb.to_numpy({"x": torch.ones(2), "m": torch.empty(3, device="meta")})

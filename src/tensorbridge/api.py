@@ -272,8 +272,8 @@ def _numpy_leaf_default(x: Any, path: Path) -> Any:
             pass  # the planner finds out why and what to do
     elif isinstance(x, _ndarray):
         return x
-    elif isinstance(x, _Tensor) and x.device.type != "cpu":
-        raise _OnDevice
+    if isinstance(x, _Tensor) and x.device.type != "cpu":
+        raise _OnDevice  # device leaves are converted together, so their copies can be packed
     return _numpy_leaf(x, path, _DEFAULT_NUMPY)
 
 

@@ -73,7 +73,9 @@ class PinnedPool:
                 self._drop_free_locked()
                 self._backend = backend
             while len(taken) < want:
-                got = self._take_locked(cfg.chunk_bytes)
+                # Only the first buffer may be one still on the wire: a caller that already has
+                # one pipelines through fewer rather than wait for another transfer's copy.
+                got = self._take_locked(cfg.chunk_bytes, in_flight_ok=not taken)
                 if got is not None:
                     taken.append(got)
                 elif taken:
@@ -100,7 +102,7 @@ class PinnedPool:
             raise
         return out
 
-    def _take_locked(self, size: int) -> tuple[torch.Tensor | None, Event | None] | None:
+    def _take_locked(self, size: int, *, in_flight_ok: bool) -> tuple[torch.Tensor | None, Event | None] | None:
         for _ in range(len(self._free)):
             buf, event = self._free[0]
             if buf.numel() != size:  # chunk_bytes changed since this buffer was made
@@ -119,7 +121,7 @@ class PinnedPool:
             self._count += 1
             self._peak = max(self._peak, self._held)
             return None, None
-        if self._free:  # the oldest buffer still on the wire: the caller waits for its event
+        if self._free and in_flight_ok:  # the oldest buffer still on the wire: the caller waits for its event
             buf, event = self._free.popleft()
             self._lent += size
             return buf, event

@@ -21,6 +21,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -39,6 +40,8 @@ __all__ = ["download_packed", "move", "upload_packed"]
 _INLINE_BYTES: Final = 1 << 20
 # A job's host copy is split into one piece per host thread, each at least this size.
 _MIN_PIECE: Final = 4096
+# How often a thread waiting for a staging buffer looks at fills that may have finished.
+_POLL_S: Final = 50e-6
 
 
 @dataclass
@@ -287,8 +290,17 @@ def _run_uploads(jobs: list[_Job], backend: Backend, device: torch.device, cfg: 
             while pending and (pending[0] <= j - width or all(f.done() for f in ring.work[pending[0] % width])):
                 issue(pending.popleft())
             event = ring.events[slot]
-            if event is not None:
-                event.synchronize()  # the buffer's last copy has left it
+            while event is not None and not event.query():
+                # Waiting for the buffer's last copy to leave it: meanwhile, put fills that
+                # finish on the wire at once, so the copy engine never waits on this thread.
+                ready = ring.work[pending[0] % width] if pending else []
+                if pending and all(f.done() for f in ready):
+                    issue(pending.popleft())
+                elif ready:
+                    wait_futures(ready, timeout=_POLL_S)
+                else:
+                    event.synchronize()  # the buffer's last copy has left it
+                    break
             ring.work[slot] = _submit(_fill_tasks(job, ring.views[slot], cfg), job.nbytes, cfg)
             pending.append(j)
         while pending:
@@ -438,7 +450,7 @@ def move(items: Sequence[tuple[torch.Tensor, Transfer]], non_blocking: bool | No
 def _direct(t: torch.Tensor, tr: Transfer, backend: Backend | None, *, non_blocking: bool) -> torch.Tensor:
     if backend is None:
         return t.detach().to(tr.device, non_blocking=non_blocking)
-    return backend.move(t.detach(), tr.device, non_blocking or tr.route == "pinned")
+    return backend.move(t.detach(), tr.device, non_blocking)
 
 
 # --- packed batches without plans (see _fastpath.py) ------------------------------------------
