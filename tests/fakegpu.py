@@ -179,7 +179,8 @@ class FakeCuda:
         with self.lock:
             self.pinned[t.data_ptr()] = nbytes
             self.pinned_allocs += 1
-        weakref.finalize(t, self._forget, t.data_ptr())
+        # Tied to the memory (the storage), not to this tensor object: views keep it pinned.
+        weakref.finalize(t.untyped_storage(), self._forget, t.data_ptr())
         return t
 
     def _forget(self, ptr: int) -> None:
