@@ -231,6 +231,8 @@ class FakeCuda:
                 self.sync(i)
 
     def move(self, t: torch.Tensor, device: torch.device, non_blocking: bool) -> torch.Tensor:
+        if self.fail_copies:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
         with self.lock:
             self.moves += 1
         if isinstance(t, FakeCudaTensor):

@@ -481,3 +481,18 @@ def test_device_leaves_of_exact_tensor_type_are_converted_together() -> None:
         _numpy_leaf_default(torch.empty(3, device="meta"), ())
     with pytest.raises(tb.UnsupportedError, match=r"data\['m'\]: meta tensor"):
         tb.to_numpy({"x": torch.ones(2), "m": torch.empty(3, device="meta")})
+
+
+def test_failures_on_the_fast_paths_are_conversion_errors_too(gpu: FakeCuda) -> None:
+    tb.to_tensor(np.zeros(2), device="cuda")  # the device is checked and remembered
+    gpu.fail_copies = True
+    with pytest.raises(tb.DeviceError, match=r"transfer at data: copying 16 bytes from cpu to cuda failed"):
+        tb.to_tensor(np.zeros(2), device="cuda")
+    with pytest.raises(tb.DeviceError, match=r"data \(10 leaves packed together\).*illegal memory access"):
+        tb.to_tensor([np.zeros(2)] * 10, device="cuda")
+    assert tb.transfer_stats().lent_bytes == 0
+    gpu.fail_copies = False
+    out = tb.to_tensor([np.zeros(2)] * 10, device="cuda")
+    gpu.fail_copies = True
+    with pytest.raises(tb.DeviceError, match=r"data \(10 leaves packed together\): copying 160 bytes from cuda:0"):
+        tb.to_numpy(out)

@@ -17,6 +17,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 
+from ._convert.execute import device_errors
 from ._convert.transfer import download_packed, upload_packed
 from .config import current
 from .devices import backend_for, checked_device
@@ -133,6 +134,13 @@ def _rebuild(obj: Any, accept: type, results: Any, depth: int) -> Any:
     return obj
 
 
+_CPU: Final = torch.device("cpu")
+
+
+def _many(leaves: list[Any]) -> str:
+    return f"data ({len(leaves)} leaves packed together)"
+
+
 def fast_to_device(obj: Any, device: object, non_blocking: bool | None) -> Any:
     """Pack a plain container of small native-order arrays onto a checked device, or raise :class:`Bail`."""
     checked = checked_device(device)
@@ -155,7 +163,9 @@ def fast_to_device(obj: Any, device: object, non_blocking: bool | None) -> Any:
         ):
             raise Bail  # a broadcast: the planner moves only its distinct values
         dtypes.append(dt)
-    results = upload_packed(leaves, dtypes, backend.resolve(target), backend, non_blocking)
+    device = backend.resolve(target)
+    with device_errors(_many(leaves), sum(a.nbytes for a in leaves), _CPU, device):
+        results = upload_packed(leaves, dtypes, device, backend, non_blocking)
     return _rebuild(obj, _ndarray, iter(results), 0)
 
 
@@ -186,5 +196,6 @@ def fast_from_device(obj: Any) -> Any:
         ):
             raise Bail  # the planner knows what each of these needs
         dtypes.append(dt)
-    results = download_packed(leaves, dtypes, device, backend)
+    with device_errors(_many(leaves), sum(t.numel() * t.element_size() for t in leaves), device, _CPU):
+        results = download_packed(leaves, dtypes, device, backend)
     return _rebuild(obj, _Tensor, iter(results), 0)

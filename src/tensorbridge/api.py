@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, overload
 import numpy as np
 import torch
 
-from ._convert.execute import run_plan, run_plans
+from ._convert.execute import device_errors, run_plan, run_plans
 from ._fastpath import Bail, fast_from_device, fast_to_device, fast_to_numpy, fast_to_tensor
 from .config import current as current_config
 from .devices import checked_device, remember_device
@@ -41,6 +41,7 @@ _ndarray = np.ndarray
 _generic = np.generic
 _Tensor = torch.Tensor
 _from_numpy = torch.from_numpy
+_CPU = torch.device("cpu")
 _DEFAULT_TENSOR = ToTensorOptions()
 _DEFAULT_NUMPY = ToNumpyOptions()
 # The dtypes Tensor.numpy() itself converts: rows with no carrier and no widening.
@@ -235,7 +236,8 @@ def _fast_move(data: Any, device: object, non_blocking: object) -> torch.Tensor 
     except (TypeError, ValueError):
         return None  # the planner finds out why and what to do
     backend, target = checked
-    return backend.move(t, target, non_blocking is True)
+    with device_errors("data", data.nbytes, _CPU, target):
+        return backend.move(t, target, non_blocking is True)
 
 
 def _check_non_blocking(non_blocking: object, what: str) -> None:
@@ -353,7 +355,8 @@ def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None, non_b
             return data.numpy() if type(data) is _Tensor else fast_to_numpy(data)
         except (TypeError, RuntimeError, Bail):
             if type(data) is _Tensor and _plain_small_cuda(data):
-                return data.to("cpu").numpy()
+                with device_errors("data", data.numel() * data.element_size(), data.device, _CPU):
+                    return data.to("cpu").numpy()
             try:
                 return fast_from_device(data)
             except Bail:

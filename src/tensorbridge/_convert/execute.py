@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -17,7 +18,7 @@ from .alloc import host_copy, host_empty
 from .cast import cast_array, cast_tensor
 from .transfer import move
 
-__all__ = ["run_plan", "run_plans"]
+__all__ = ["device_errors", "run_plan", "run_plans"]
 
 Leaf = Any
 
@@ -206,23 +207,30 @@ def _transfer_at(plan: Plan) -> int:
 
 def _move(plans: list[Plan], items: list[tuple[torch.Tensor, Transfer]], non_blocking: bool | None) -> list[Leaf]:
     path = plans[0].path if len(plans) == 1 else f"{plans[0].path} and {len(plans) - 1} more leaves"
-    nbytes = sum(tr.nbytes for _, tr in items)
-    try:
+    first = items[0][1]
+    with device_errors(path, sum(tr.nbytes for _, tr in items), first.source, first.device):
         return move(items, non_blocking)
+
+
+@contextlib.contextmanager
+def device_errors(path: str, nbytes: int, source: torch.device, target: torch.device) -> Iterator[None]:
+    """Turn what a device copy raises into a :class:`ConversionError` naming the leaves and the fix."""
+    try:
+        yield
     except ConversionError:
         raise
     except (MemoryError, torch.OutOfMemoryError) as err:
         raise OutOfMemoryError(
             "transfer",
             path,
-            f"copying {nbytes} bytes to {items[0][1].device} ran out of memory ({err})",
+            f"copying {nbytes} bytes to {target} ran out of memory ({err})",
             "Convert smaller pieces, or free memory on the device (torch.cuda.empty_cache())",
         ) from err
     except (RuntimeError, TypeError, ValueError, AssertionError) as err:
         raise DeviceError(
             "transfer",
             path,
-            f"copying {nbytes} bytes from {items[0][1].source} to {items[0][1].device} failed: {err}",
+            f"copying {nbytes} bytes from {source} to {target} failed: {err}",
             "Check that the device exists and is healthy (a failed kernel poisons later copies)",
         ) from err
 
