@@ -152,7 +152,8 @@ def to_tensor(
         requires_grad: make each result a leaf tensor that requires grad (float/complex only).
         pin_memory: put CPU results in page-locked memory (needs CUDA).
         non_blocking: for device moves. ``None`` (default): every copy is queued at once and
-            the call synchronizes once at the end; ``False``: each leaf's copy is waited for;
+            the call synchronizes once at the end; ``False``: the same guarantee, with each
+            direct (torch ``.to()``) copy blocking as it goes;
             ``True``: returns as soon as the copies are queued, ordered on the device's current
             stream (later work on that stream sees the data). Pageable inputs may be reused at
             once in every mode; a pinned input must not be modified until the copy is done.

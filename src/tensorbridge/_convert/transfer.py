@@ -330,7 +330,8 @@ def _download_jobs(
         t = _resolved(t)
         order = _memory_order(t)
         if order is None:
-            t = t.contiguous()
+            # Gathered on the device as same-size integers: every device has those kernels.
+            t = t.view(wire_dtype(t.dtype)).contiguous().view(t.dtype)
             order = list(range(t.dim()))
         flat = t.detach().permute(order).reshape(-1).view(torch.uint8)
         host = _host_bytes(flat.numel())
@@ -409,10 +410,11 @@ def move(items: Sequence[tuple[torch.Tensor, Transfer]], non_blocking: bool | No
     Args:
         items: (tensor, its planned transfer). Host tensors for host-to-device, device
             tensors for device-to-host and device-to-device.
-        non_blocking: ``False``: each leaf's copy has finished when its turn ends; ``None``:
-            one synchronization at the end; ``True``: host-to-device copies may still be on the
-            wire when this returns (ordered on the device's current stream). Device-to-host
-            results are always complete on return.
+        non_blocking: ``None`` and ``False``: every copy has finished when this returns (with
+            ``False`` each direct copy also blocks as it goes, staged and packed ones are
+            waited for together); ``True``: host-to-device copies may still be on the wire when
+            this returns (ordered on the device's current stream). Device-to-host results are
+            always complete on return.
     """
     cfg = current()
     results: list[torch.Tensor | None] = [None] * len(items)
