@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, overload
 import numpy as np
 import torch
 
-from ._convert.execute import device_errors, run_plan, run_plans
+from ._convert.execute import device_error, device_errors, run_plan, run_plans
 from ._fastpath import Bail, fast_from_device, fast_to_device, fast_to_numpy, fast_to_tensor
 from .config import current as current_config
 from .devices import checked_device, remember_device
@@ -237,8 +237,10 @@ def _fast_move(data: Any, device: object, non_blocking: object) -> torch.Tensor 
     except (TypeError, ValueError):
         return None  # the planner finds out why and what to do
     backend, target = checked
-    with device_errors("data", data.nbytes, _CPU, target):
+    try:
         return backend.move(t, target, non_blocking is True)
+    except (MemoryError, RuntimeError, TypeError, ValueError, AssertionError) as err:
+        raise device_error(err, "data", data.nbytes, _CPU, target) from err
 
 
 def _check_non_blocking(non_blocking: object, what: str) -> None:

@@ -18,7 +18,7 @@ from .alloc import host_copy, host_empty
 from .cast import cast_array, cast_tensor
 from .transfer import move
 
-__all__ = ["device_errors", "run_plan", "run_plans"]
+__all__ = ["device_error", "device_errors", "run_plan", "run_plans"]
 
 Leaf = Any
 
@@ -219,20 +219,27 @@ def device_errors(path: str, nbytes: int, source: torch.device, target: torch.de
         yield
     except ConversionError:
         raise
-    except (MemoryError, torch.OutOfMemoryError) as err:
-        raise OutOfMemoryError(
+    except (MemoryError, RuntimeError, TypeError, ValueError, AssertionError) as err:
+        raise device_error(err, path, nbytes, source, target) from err
+
+
+def device_error(err: Exception, path: str, nbytes: int, source: torch.device, target: torch.device) -> ConversionError:
+    """The :class:`ConversionError` for an exception a device copy raised (hot paths use try/except)."""
+    if isinstance(err, ConversionError):
+        return err
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return OutOfMemoryError(
             "transfer",
             path,
             f"copying {nbytes} bytes to {target} ran out of memory ({err})",
             "Convert smaller pieces, or free memory on the device (torch.cuda.empty_cache())",
-        ) from err
-    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
-        raise DeviceError(
-            "transfer",
-            path,
-            f"copying {nbytes} bytes from {source} to {target} failed: {err}",
-            "Check that the device exists and is healthy (a failed kernel poisons later copies)",
-        ) from err
+        )
+    return DeviceError(
+        "transfer",
+        path,
+        f"copying {nbytes} bytes from {source} to {target} failed: {err}",
+        "Check that the device exists and is healthy (a failed kernel poisons later copies)",
+    )
 
 
 def _run_steps(leaf: Leaf, plan: Plan, start: int, stop: int) -> Leaf:
