@@ -37,3 +37,25 @@ def quiet_tensor(fn: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         warnings.simplefilter("ignore", UserWarning)
         out: torch.Tensor = fn(*args, **kwargs)
         return out
+
+
+def run_threads(work: Any, count: int, timeout: float) -> None:
+    """Run ``work(i)`` for i in range(count) on as many threads; re-raise the first failure here."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as err:  # reported below, in the test's thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout)
+    assert not any(th.is_alive() for th in threads), "a converting thread hangs"
+    if errors:
+        raise errors[0]

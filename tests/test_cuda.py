@@ -24,7 +24,7 @@ import torch
 import tensorbridge as tb
 from tensorbridge.plan.transfer import Transfer
 
-from .helpers import EXACT_ROWS, bits, random_bits
+from .helpers import EXACT_ROWS, bits, random_bits, run_threads
 from .test_roundtrip import LAYOUTS, make
 
 pytestmark = pytest.mark.cuda
@@ -330,42 +330,32 @@ def test_megabyte_arrays_with_the_default_settings(defaults: tb.TransferConfig, 
 
 def test_a_thousand_random_round_trips_from_eight_threads(small: tb.TransferConfig) -> None:
     devices = [torch.device("cuda", i) for i in range(min(2, torch.cuda.device_count()))]
-    errors: list[BaseException] = []
     seen: Counter[str] = Counter()
     lock = threading.Lock()
 
     def work(seed: int) -> None:
         rng = np.random.default_rng(seed)
-        try:
-            for _ in range(125):
-                row = EXACT_ROWS[int(rng.integers(len(EXACT_ROWS)))]
-                layout = LAYOUTS[int(rng.integers(len(LAYOUTS)))]
-                shape = tuple(int(n) for n in rng.integers(0, 17, size=int(rng.integers(0, 4))))
-                data = [make(row, shape, layout, int(rng.integers(1 << 30))) for _ in range(int(rng.integers(1, 9)))]
-                device = devices[int(rng.integers(len(devices)))]
-                nb_in, nb_out = (NON_BLOCKING[int(i)] for i in rng.integers(3, size=2))
-                routes = _routes(tb.explain(data, device=device))
-                expected = [bits(np.asarray(src)) for src in data]
-                out = tb.to_tensor(data, device=device, non_blocking=nb_in)
-                back = tb.to_numpy(out, non_blocking=nb_out)
-                for src, want, t, arr in zip(data, expected, out, back, strict=True):
-                    assert t.device == device and t.dtype is row.torch and tuple(t.shape) == np.shape(src)
-                    assert type(arr) is np.ndarray and arr.dtype == row.numpy and arr.shape == np.shape(src)
-                    assert bits(arr) == want, (row.name, layout, shape, nb_in, nb_out, routes)
-                k = int(rng.integers(len(data)))
-                assert _device_bits(out[k]) == expected[k], (row.name, layout, shape, nb_in, routes)
-                with lock:
-                    seen.update(routes)
-        except BaseException as err:  # reported below, in the test's thread
-            errors.append(err)
+        for _ in range(125):
+            row = EXACT_ROWS[int(rng.integers(len(EXACT_ROWS)))]
+            layout = LAYOUTS[int(rng.integers(len(LAYOUTS)))]
+            shape = tuple(int(n) for n in rng.integers(0, 17, size=int(rng.integers(0, 4))))
+            data = [make(row, shape, layout, int(rng.integers(1 << 30))) for _ in range(int(rng.integers(1, 9)))]
+            device = devices[int(rng.integers(len(devices)))]
+            nb_in, nb_out = (NON_BLOCKING[int(i)] for i in rng.integers(3, size=2))
+            routes = _routes(tb.explain(data, device=device))
+            expected = [bits(np.asarray(src)) for src in data]
+            out = tb.to_tensor(data, device=device, non_blocking=nb_in)
+            back = tb.to_numpy(out, non_blocking=nb_out)
+            for src, want, t, arr in zip(data, expected, out, back, strict=True):
+                assert t.device == device and t.dtype is row.torch and tuple(t.shape) == np.shape(src)
+                assert type(arr) is np.ndarray and arr.dtype == row.numpy and arr.shape == np.shape(src)
+                assert bits(arr) == want, (row.name, layout, shape, nb_in, nb_out, routes)
+            k = int(rng.integers(len(data)))
+            assert _device_bits(out[k]) == expected[k], (row.name, layout, shape, nb_in, routes)
+            with lock:
+                seen.update(routes)
 
-    threads = [threading.Thread(target=work, args=(s,)) for s in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(180)
-    assert not any(th.is_alive() for th in threads), "a converting thread hangs"
-    assert not errors, errors[0]
+    run_threads(work, 8, 180)
     assert sum(seen.values()) >= 1000 and {"staged", "packed", "direct"} <= set(seen), seen
 
     stats = tb.transfer_stats()

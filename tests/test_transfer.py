@@ -27,7 +27,7 @@ from tensorbridge.devices import install_backend
 from tensorbridge.plan.transfer import PACK_ALIGN, pack_layout, route_for
 
 from .fakegpu import GARBAGE, FakeCuda, FakeCudaTensor, FakeEvent, bits_of, on_fake, plain
-from .helpers import EXACT_ROWS, bits, random_bits
+from .helpers import EXACT_ROWS, bits, random_bits, run_threads
 from .test_roundtrip import LAYOUTS, make
 
 SMALL = {"chunk_bytes": 4096, "ring": 3, "pinned_cap_bytes": 4 * 4096, "threads": 3, "small_max_bytes": 512}
@@ -347,28 +347,19 @@ def test_pool_is_bounded_and_never_lends_a_buffer_in_flight() -> None:
 
 
 def test_many_threads_round_trip_within_the_cap(gpu: FakeCuda) -> None:
-    errors: list[BaseException] = []
 
     def work(seed: int) -> None:
         rng = np.random.default_rng(seed)
-        try:
-            for _ in range(25):
-                row = EXACT_ROWS[int(rng.integers(len(EXACT_ROWS)))]
-                sizes = rng.integers(0, 900, size=int(rng.integers(1, 12)))
-                data = [random_bits(row, (int(n),), seed=int(rng.integers(1 << 30))) for n in sizes]
-                device = f"cuda:{int(rng.integers(2))}"
-                out = tb.to_numpy(tb.to_tensor(data, device=device, non_blocking=bool(rng.integers(2))))
-                for a, b in zip(data, out, strict=True):
-                    assert bits(a) == bits(b)
-        except BaseException as err:  # reported below, in the test's thread
-            errors.append(err)
+        for _ in range(25):
+            row = EXACT_ROWS[int(rng.integers(len(EXACT_ROWS)))]
+            sizes = rng.integers(0, 900, size=int(rng.integers(1, 12)))
+            data = [random_bits(row, (int(n),), seed=int(rng.integers(1 << 30))) for n in sizes]
+            device = f"cuda:{int(rng.integers(2))}"
+            out = tb.to_numpy(tb.to_tensor(data, device=device, non_blocking=bool(rng.integers(2))))
+            for a, b in zip(data, out, strict=True):
+                assert bits(a) == bits(b)
 
-    threads = [threading.Thread(target=work, args=(s,)) for s in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(120)
-    assert not errors, errors[0]
+    run_threads(work, 8, 120)
     stats = tb.transfer_stats()
     assert stats.peak_bytes <= SMALL["pinned_cap_bytes"] and stats.lent_bytes == 0
     tb.release_pinned()
