@@ -178,17 +178,6 @@ def to_tensor(
         >>> batch["rgb"][0, 0].tolist(), batch["id"]
         ([2, 1, 0], 7)
     """
-    if device is not None and checked_device(device) is None:
-        _check_device(device)
-    if device is not None and dtype is None and copy is None and not requires_grad and not pin_memory:
-        moved = _fast_move(data, device, non_blocking)
-        if moved is not None:
-            return moved
-        if non_blocking is None or non_blocking is True or non_blocking is False:
-            try:
-                return fast_to_device(data, device, non_blocking)
-            except Bail:
-                pass
     if dtype is None and device is None and copy is None and not requires_grad and not pin_memory:
         if type(data) is _ndarray and data.flags.writeable:
             try:
@@ -201,6 +190,18 @@ def to_tensor(
             except Bail:
                 pass
         return map_leaves(_tensor_leaf_default, data)
+    if device is not None:
+        if checked_device(device) is None:
+            _check_device(device)
+        if dtype is None and copy is None and not requires_grad and not pin_memory:
+            moved = _fast_move(data, device, non_blocking)
+            if moved is not None:
+                return moved
+            if non_blocking is None or non_blocking is True or non_blocking is False:
+                try:
+                    return fast_to_device(data, device, non_blocking)
+                except Bail:
+                    pass
     opts = normalize_to_tensor(dtype, device, copy, requires_grad, pin_memory)
     _check_non_blocking(non_blocking, "to_tensor")
     if opts.device is not None:
