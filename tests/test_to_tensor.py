@@ -414,10 +414,16 @@ def _npy_bytes(a: np.ndarray[Any, Any]) -> bytes:
 
 
 def test_python_leaves_pass_through() -> None:
-    data = {"n": 3, "s": "text", "none": None, "f": 1.5, "b": b"raw", "arr": np.ones(1)}
+    data = {"n": 3, "s": "text", "none": None, "f": 1.5, "arr": np.ones(1)}
     out = tb.to_tensor(data)
-    assert out["n"] == 3 and out["s"] == "text" and out["none"] is None and out["b"] == b"raw"
+    assert out["n"] == 3 and out["s"] == "text" and out["none"] is None and out["f"] == 1.5
     assert isinstance(out["arr"], torch.Tensor)
+
+
+def test_bytes_are_buffers_since_issue_4() -> None:
+    # Issue 2 passed bytes through; issue 4 makes every buffer a leaf (uint8, read-only: copied).
+    out = tb.to_tensor({"b": b"raw"})
+    assert out["b"].dtype is torch.uint8 and bytes(out["b"].numpy()) == b"raw"
 
 
 SPECIAL = [

@@ -30,7 +30,7 @@ _ndarray = np.ndarray
 _Tensor = torch.Tensor
 _from_numpy = torch.from_numpy
 # Leaves both walkers hand back untouched (exact types only: subclasses take the general path).
-_PLAIN: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
+_PLAIN: Final = frozenset({type(None), bool, int, float, complex, str})
 
 
 class Bail(Exception):

@@ -22,16 +22,15 @@ from .config import current as current_config
 from .devices import checked_device, remember_device
 from .dtypes import ROWS
 from .errors import DeviceError, UnsupportedError
+from .leaves import is_leaf, plan_leaf_to_numpy, plan_leaf_to_tensor
 from .plan import (
     Plan,
     ToNumpyOptions,
     ToTensorOptions,
     normalize_to_numpy,
     normalize_to_tensor,
-    plan_tensor_to_tensor,
-    plan_to_numpy,
-    plan_to_tensor,
 )
+from .plan.core import NO_VALUE, normalize_interop
 from .plan.transfer import assign_routes, resolve_device
 from .tree import Path, format_path, iter_leaves, map_leaves
 
@@ -48,19 +47,13 @@ _DEFAULT_NUMPY = ToNumpyOptions()
 _PLAIN_NUMPY_DTYPES = frozenset(row.torch for row in ROWS if row.carrier is None and row.exact)
 
 
-def _is_leaf(x: object) -> bool:
-    return isinstance(x, (_ndarray, _generic, _Tensor))
-
-
-def _plan_tensor(x: Any, opts: ToTensorOptions, path: str) -> Plan:
-    if isinstance(x, _Tensor):
-        return plan_tensor_to_tensor(x, opts, path)
-    return plan_to_tensor(x, opts, path)
+_is_leaf = is_leaf
+_plan_tensor = plan_leaf_to_tensor
 
 
 def _tensor_leaf(x: Any, path: Path, opts: ToTensorOptions) -> Any:
-    if isinstance(x, (_ndarray, _generic, _Tensor)):
-        return run_plan(x, _plan_tensor(x, opts, format_path(path)))
+    if is_leaf(x):
+        return run_plan(x, plan_leaf_to_tensor(x, opts, format_path(path)))
     return x
 
 
@@ -88,6 +81,9 @@ def to_tensor(
     requires_grad: bool = False,
     pin_memory: bool = False,
     non_blocking: bool | None = None,
+    dense: bool = False,
+    na_value: object = NO_VALUE,
+    datetime_unit: str | None = None,
 ) -> torch.Tensor: ...
 
 
@@ -101,6 +97,9 @@ def to_tensor(
     requires_grad: bool = False,
     pin_memory: bool = False,
     non_blocking: bool | None = None,
+    dense: bool = False,
+    na_value: object = NO_VALUE,
+    datetime_unit: str | None = None,
 ) -> _Container: ...
 
 
@@ -114,6 +113,9 @@ def to_tensor(
     requires_grad: bool = False,
     pin_memory: bool = False,
     non_blocking: bool | None = None,
+    dense: bool = False,
+    na_value: object = NO_VALUE,
+    datetime_unit: str | None = None,
 ) -> Any: ...
 
 
@@ -126,6 +128,9 @@ def to_tensor(
     requires_grad: bool = False,
     pin_memory: bool = False,
     non_blocking: bool | None = None,
+    dense: bool = False,
+    na_value: object = NO_VALUE,
+    datetime_unit: str | None = None,
 ) -> Any:
     """Convert NumPy arrays (alone or anywhere in containers) to tensors.
 
@@ -158,6 +163,10 @@ def to_tensor(
             stream (later work on that stream sees the data). Pageable inputs may be reused at
             once in every mode; a pinned input must not be modified until the copy is done.
             Copies to the host always finish before the call returns.
+        dense: densify SciPy sparse matrices instead of making sparse tensors.
+        na_value: what missing values in pandas columns become; by default they raise.
+        datetime_unit: pandas datetimes/timedeltas become int64 counts of this unit
+            (``"ns"``, ``"us"``, ``"ms"``, ``"s"``, ``"D"``); by default they raise.
 
     Returns:
         The same structure with tensors in place of arrays. With a CUDA ``device``, large
@@ -184,12 +193,13 @@ def to_tensor(
                 return _from_numpy(data)
             except (TypeError, ValueError):
                 pass
-        else:
+        # The options below matter only for leaves from other libraries and special tensors.
+        if dense is False and na_value is NO_VALUE and datetime_unit is None:
             try:
                 return fast_to_tensor(data)
             except Bail:
                 pass
-        return map_leaves(_tensor_leaf_default, data)
+            return map_leaves(_tensor_leaf_default, data)
     if device is not None:
         if checked_device(device) is None:
             _check_device(device)
@@ -202,7 +212,8 @@ def to_tensor(
                     return fast_to_device(data, device, non_blocking)
                 except Bail:
                     pass
-    opts = normalize_to_tensor(dtype, device, copy, requires_grad, pin_memory)
+    interop = normalize_interop("to_tensor", dense, None, na_value, datetime_unit)
+    opts = normalize_to_tensor(dtype, device, copy, requires_grad, pin_memory, interop)
     _check_non_blocking(non_blocking, "to_tensor")
     if opts.device is not None:
         return _convert_together(data, lambda x, path: _plan_tensor(x, opts, path), non_blocking)
@@ -264,8 +275,8 @@ class _OnDevice(Exception):
 
 
 def _numpy_leaf(x: Any, path: Path, opts: ToNumpyOptions) -> Any:
-    if isinstance(x, (_ndarray, _generic, _Tensor)):
-        return run_plan(x, plan_to_numpy(x, opts, format_path(path)))
+    if is_leaf(x):
+        return run_plan(x, plan_leaf_to_numpy(x, opts, format_path(path)))
     return x
 
 
@@ -298,25 +309,57 @@ def _plain_small_cuda(t: torch.Tensor) -> bool:
 
 @overload
 def to_numpy(
-    data: torch.Tensor | np.ndarray[Any, Any] | np.generic,
+    data: np.ndarray[Any, Any] | np.generic,
     dtype: object = None,
     *,
     copy: bool | None = None,
     non_blocking: bool | None = None,
+    dense: bool = False,
+    quantized: str | None = None,
+    na_value: object = NO_VALUE,
+    datetime_unit: str | None = None,
 ) -> np.ndarray[Any, Any]: ...
 
 
 @overload
 def to_numpy(
-    data: _Container, dtype: object = None, *, copy: bool | None = None, non_blocking: bool | None = None
+    data: _Container,
+    dtype: object = None,
+    *,
+    copy: bool | None = None,
+    non_blocking: bool | None = None,
+    dense: bool = False,
+    quantized: str | None = None,
+    na_value: object = NO_VALUE,
+    datetime_unit: str | None = None,
 ) -> _Container: ...
 
 
 @overload
-def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None, non_blocking: bool | None = None) -> Any: ...
+def to_numpy(
+    data: Any,
+    dtype: object = None,
+    *,
+    copy: bool | None = None,
+    non_blocking: bool | None = None,
+    dense: bool = False,
+    quantized: str | None = None,
+    na_value: object = NO_VALUE,
+    datetime_unit: str | None = None,
+) -> Any: ...
 
 
-def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None, non_blocking: bool | None = None) -> Any:
+def to_numpy(
+    data: Any,
+    dtype: object = None,
+    *,
+    copy: bool | None = None,
+    non_blocking: bool | None = None,
+    dense: bool = False,
+    quantized: str | None = None,
+    na_value: object = NO_VALUE,
+    datetime_unit: str | None = None,
+) -> Any:
     """Convert tensors (alone or anywhere in containers) to NumPy arrays.
 
     CPU tensors share memory with the arrays returned (tensors that require grad and
@@ -335,6 +378,12 @@ def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None, non_b
         non_blocking: accepted for symmetry with :func:`to_tensor`; an array is never handed
             out before its bytes have arrived, so every mode waits for the copies (all of a
             call's copies are queued first, then waited for together).
+        dense: densify sparse tensors instead of returning SciPy sparse arrays.
+        quantized: ``"dequantize"`` (floats) or ``"int"`` (integer codes with scale and zero
+            point) for quantized tensors; by default they raise, offering both.
+        na_value: what missing values in pandas columns become; by default they raise.
+        datetime_unit: pandas datetimes/timedeltas become int64 counts of this unit; by
+            default they raise.
 
     Returns:
         The same structure with arrays in place of tensors. CUDA tensors come back through
@@ -358,6 +407,9 @@ def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None, non_b
             # A lone tensor first: one call less on the hottest path.
             return data.numpy() if type(data) is _Tensor else fast_to_numpy(data)
         except (TypeError, RuntimeError, Bail):
+            pass
+        # The options below matter only for leaves from other libraries and special tensors.
+        if dense is False and quantized is None and na_value is NO_VALUE and datetime_unit is None:
             if type(data) is _Tensor and _plain_small_cuda(data):
                 with device_errors("data", data.numel() * data.element_size(), data.device, _CPU):
                     return data.to("cpu").numpy()
@@ -369,9 +421,10 @@ def to_numpy(data: Any, dtype: object = None, *, copy: bool | None = None, non_b
                 return map_leaves(_numpy_leaf_default, data)
             except _OnDevice:
                 pass
-    opts = normalize_to_numpy(dtype, copy)
+    interop = normalize_interop("to_numpy", dense, quantized, na_value, datetime_unit)
+    opts = normalize_to_numpy(dtype, copy, interop)
     _check_non_blocking(non_blocking, "to_numpy")
-    return _convert_together(data, lambda x, path: plan_to_numpy(x, opts, path), non_blocking)
+    return _convert_together(data, lambda x, path: plan_leaf_to_numpy(x, opts, path), non_blocking)
 
 
 @dataclass(frozen=True)
@@ -418,6 +471,13 @@ def explain(data: Any, to: Literal["tensor", "numpy"] = "tensor", **options: Any
             => fresh memory
     """
     leaves = iter_leaves(data, _is_leaf)
+    interop = normalize_interop(
+        f"explain(to={to!r})",
+        options.pop("dense", False),
+        options.pop("quantized", None) if to == "numpy" else None,
+        options.pop("na_value", NO_VALUE),
+        options.pop("datetime_unit", None),
+    )
     if to == "tensor":
         t_opts = normalize_to_tensor(
             options.pop("dtype", None),
@@ -425,15 +485,16 @@ def explain(data: Any, to: Literal["tensor", "numpy"] = "tensor", **options: Any
             options.pop("copy", None),
             options.pop("requires_grad", False),
             options.pop("pin_memory", False),
+            interop,
         )
         options.pop("non_blocking", None)
         _no_more(options)
         plans = tuple(_plan_tensor(x, t_opts, format_path(p)) for p, x in leaves)
     elif to == "numpy":
-        n_opts = normalize_to_numpy(options.pop("dtype", None), options.pop("copy", None))
+        n_opts = normalize_to_numpy(options.pop("dtype", None), options.pop("copy", None), interop)
         options.pop("non_blocking", None)
         _no_more(options)
-        plans = tuple(plan_to_numpy(x, n_opts, format_path(p)) for p, x in leaves)
+        plans = tuple(plan_leaf_to_numpy(x, n_opts, format_path(p)) for p, x in leaves)
     else:
         raise UnsupportedError("explain", "to", f"{to!r} is not a direction", "Pass to='tensor' or to='numpy'")
     return Explanation(to, tuple(assign_routes(plans, current_config())))

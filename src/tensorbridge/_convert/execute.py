@@ -144,7 +144,14 @@ def _to_numpy(t: torch.Tensor, step: Step, path: str) -> np.ndarray[Any, Any]:
     return t.numpy()
 
 
+def _adopt(x: Leaf, step: Step, path: str) -> Leaf:
+    # Adoption happened while planning (see tensorbridge.leaves): the step carries its result.
+    return step.arg
+
+
 _EXECUTORS: Final[dict[str, Callable[[Any, Step, str], Any]]] = {
+    "adopt": _adopt,
+    "adopt_copy": _adopt,
     "scalar": _scalar,
     "restride": _restride,
     "numpy_copy": _numpy_copy,

@@ -13,9 +13,23 @@ import torch
 from ..dtypes import numpy_dtype, row_for_torch, torch_dtype
 from ..errors import ConversionError, CopyRefusedError, DeviceError, UnsupportedError
 
-__all__ = ["COPYING", "Plan", "Step", "ToNumpyOptions", "ToTensorOptions", "describe_array", "describe_tensor"]
+__all__ = [
+    "COPYING",
+    "DEFAULT_INTEROP",
+    "NO_VALUE",
+    "InteropOptions",
+    "Plan",
+    "Step",
+    "ToNumpyOptions",
+    "ToTensorOptions",
+    "describe_array",
+    "describe_tensor",
+    "normalize_interop",
+]
 
 StepKind = Literal[
+    "adopt",
+    "adopt_copy",
     "scalar",
     "restride",
     "numpy_copy",
@@ -39,6 +53,7 @@ StepKind = Literal[
 # Which steps produce fresh memory. Every other step is a view of its input.
 COPYING: Final[frozenset[str]] = frozenset(
     {
+        "adopt_copy",
         "scalar",
         "numpy_copy",
         "flip_copy",
@@ -67,6 +82,39 @@ class Step:
         return f"{label} ({self.why})" if self.why else label
 
 
+class _NoValue:
+    def __repr__(self) -> str:
+        return "NO_VALUE"
+
+
+#: The default of ``na_value``: missing values raise instead of being filled.
+NO_VALUE: Final = _NoValue()
+DATETIME_UNITS: Final = ("ns", "us", "ms", "s", "D")
+
+
+@dataclass(frozen=True)
+class InteropOptions:
+    """Choices that only leaves from other libraries need (see ``tensorbridge.interop``).
+
+    Attributes:
+        dense: densify sparse matrices and tensors instead of keeping their layout.
+        quantized: ``"dequantize"`` (floats) or ``"int"`` (integer codes with their scale and
+            zero point) for quantized tensors; None raises and offers both.
+        na_value: what missing values (pandas NA/NaN in nullable columns, NaT) become;
+            :data:`NO_VALUE` raises instead.
+        datetime_unit: datetimes/timedeltas become int64 counts of this unit since the
+            epoch; None raises instead.
+    """
+
+    dense: bool = False
+    quantized: Literal["dequantize", "int"] | None = None
+    na_value: object = NO_VALUE
+    datetime_unit: str | None = None
+
+
+DEFAULT_INTEROP: Final = InteropOptions()
+
+
 @dataclass(frozen=True)
 class ToTensorOptions:
     """The options of one ``to_tensor`` call, normalized once."""
@@ -76,6 +124,7 @@ class ToTensorOptions:
     copy: bool | None = None
     requires_grad: bool = False
     pin_memory: bool = False
+    interop: InteropOptions = DEFAULT_INTEROP
 
 
 @dataclass(frozen=True)
@@ -84,6 +133,7 @@ class ToNumpyOptions:
 
     dtype: np.dtype[Any] | None = None
     copy: bool | None = None
+    interop: InteropOptions = DEFAULT_INTEROP
 
 
 @dataclass(frozen=True)
@@ -178,8 +228,42 @@ def finish_copies(steps: list[Step], copy: bool | None, what: str, path: str) ->
         steps.append(Step("clone", "copy=True asks for fresh memory"))
 
 
+def normalize_interop(
+    what: str,
+    dense: object = False,
+    quantized: object = None,
+    na_value: object = NO_VALUE,
+    datetime_unit: object = None,
+) -> InteropOptions:
+    """Validate the options that leaves from other libraries need."""
+    if dense not in (True, False):
+        raise UnsupportedError(what, "dense", f"dense must be True or False, not {dense!r}", "Pass one of those")
+    if quantized not in (None, "dequantize", "int"):
+        raise UnsupportedError(
+            what,
+            "quantized",
+            f"quantized must be None, 'dequantize' or 'int', not {quantized!r}",
+            "Pass 'dequantize' for floats, or 'int' for the integer codes with their scale and zero point",
+        )
+    if datetime_unit is not None and datetime_unit not in DATETIME_UNITS:
+        raise UnsupportedError(
+            what,
+            "datetime_unit",
+            f"datetime_unit must be one of {DATETIME_UNITS} or None, not {datetime_unit!r}",
+            "Pass datetime_unit='ns' for int64 nanoseconds since the epoch",
+        )
+    if dense is False and quantized is None and na_value is NO_VALUE and datetime_unit is None:
+        return DEFAULT_INTEROP
+    return InteropOptions(bool(dense), quantized, na_value, datetime_unit)
+
+
 def normalize_to_tensor(
-    dtype: object, device: object, copy: bool | None, requires_grad: bool, pin_memory: bool
+    dtype: object,
+    device: object,
+    copy: bool | None,
+    requires_grad: bool,
+    pin_memory: bool,
+    interop: InteropOptions = DEFAULT_INTEROP,
 ) -> ToTensorOptions:
     """Validate and normalize ``to_tensor``'s options."""
     tdt = None if dtype is None else torch_dtype(dtype)
@@ -203,13 +287,13 @@ def normalize_to_tensor(
         raise UnsupportedError(
             "to_tensor", "copy", f"copy must be None, True or False, not {copy!r}", "Pass one of those"
         )
-    return ToTensorOptions(tdt, dev, copy, bool(requires_grad), bool(pin_memory))
+    return ToTensorOptions(tdt, dev, copy, bool(requires_grad), bool(pin_memory), interop)
 
 
-def normalize_to_numpy(dtype: object, copy: bool | None) -> ToNumpyOptions:
+def normalize_to_numpy(dtype: object, copy: bool | None, interop: InteropOptions = DEFAULT_INTEROP) -> ToNumpyOptions:
     """Validate and normalize ``to_numpy``'s options."""
     if copy not in (None, True, False):
         raise UnsupportedError(
             "to_numpy", "copy", f"copy must be None, True or False, not {copy!r}", "Pass one of those"
         )
-    return ToNumpyOptions(None if dtype is None else numpy_dtype(dtype), copy)
+    return ToNumpyOptions(None if dtype is None else numpy_dtype(dtype), copy, interop)

@@ -1,0 +1,48 @@
+"""Leaves from other libraries, one adapter per family, tried in table order.
+
+| adapter | leaves | module |
+|---|---|---|
+| layouts | sparse, quantized, nested tensors; DTensor and fake tensors (refused) | ``layouts.py`` |
+| pandas | Series, DataFrame, Index | ``pandas.py`` |
+| sparse | SciPy sparse matrices and arrays (COO, CSR, CSC, BSR) | ``sparse.py`` |
+| devices | ``__dlpack__`` / ``__cuda_array_interface__`` producers on a GPU (CuPy, JAX on GPU) | ``devices.py`` |
+| arrays | what NumPy can view: buffers, ``__array_interface__``, CPU ``__dlpack__``, ``__array__`` | ``arrays.py`` |
+
+No adapter imports its library: types are recognized through ``sys.modules`` (``detect.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from ..plan.core import ToNumpyOptions, ToTensorOptions
+from . import arrays, devices, layouts, pandas, sparse
+from .base import Adapter, Adopted
+
+__all__ = ["ADAPTERS", "Adopted", "adapter_for", "adopt_for_numpy", "adopt_for_tensor"]
+
+ADAPTERS: Final[tuple[Adapter, ...]] = (
+    layouts.ADAPTER,
+    pandas.ADAPTER,
+    sparse.ADAPTER,
+    devices.ADAPTER,
+    arrays.ADAPTER,
+)
+
+
+def adapter_for(obj: object) -> Adapter | None:
+    """The first adapter that claims ``obj``, or None."""
+    for adapter in ADAPTERS:
+        if adapter.claims(obj):
+            return adapter
+    return None
+
+
+def adopt_for_tensor(adapter: Adapter, obj: Any, opts: ToTensorOptions, path: str) -> Adopted:
+    """Adopt ``obj`` for ``to_tensor``."""
+    return adapter.to_tensor(obj, opts, path)
+
+
+def adopt_for_numpy(adapter: Adapter, obj: Any, opts: ToNumpyOptions, path: str) -> Adopted:
+    """Adopt ``obj`` for ``to_numpy``."""
+    return adapter.to_numpy(obj, opts, path)

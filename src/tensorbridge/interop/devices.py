@@ -1,0 +1,90 @@
+"""Arrays that live on a GPU and say so through DLPack or ``__cuda_array_interface__`` (CuPy, JAX, Numba).
+
+They become tensors on the same device without a copy: ``torch.from_dlpack`` (which performs
+the DLPack stream handshake with torch's current stream) or, for producers that only have the
+CUDA array interface, ``torch.as_tensor``. Guards, each a defect of the raw route:
+
+- a negative stride makes ``torch.from_dlpack`` abort the whole process (torch 2.13): such
+  producers are refused before torch sees them, with the fix;
+- JAX arrays are immutable, and a tensor sharing their memory would let writes reach them: the
+  tensor is a copy unless ``copy=False`` asks to share (writes then undefined).
+
+Host-side producers are not claimed here: NumPy views them (``arrays.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import numpy as np
+import torch
+from torch.utils.dlpack import from_dlpack
+
+from ..errors import DeviceError, UnsupportedError
+from ..plan.core import ToNumpyOptions, ToTensorOptions
+from .arrays import _on_host
+from .base import Adopted, adopted
+
+__all__ = ["ADAPTER"]
+
+_IMMUTABLE: Final = frozenset({"jax", "jaxlib"})
+
+
+def _strides(obj: Any) -> tuple[int, ...] | None:
+    """The producer's strides if it states them (CUDA array interface, or a ``strides`` attribute)."""
+    cai = getattr(obj, "__cuda_array_interface__", None)
+    if isinstance(cai, dict) and cai.get("strides") is not None:
+        return tuple(int(s) for s in cai["strides"])
+    strides = getattr(obj, "strides", None)
+    if isinstance(strides, tuple) and all(isinstance(s, int) for s in strides):
+        return strides
+    return None
+
+
+def _import(obj: Any, path: str, what: str, copy: bool | None) -> Adopted:
+    kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    strides = _strides(obj)
+    if strides is not None and any(s < 0 for s in strides):
+        raise UnsupportedError(
+            what,
+            path,
+            f"{kind} has negative strides {strides}, and torch.from_dlpack aborts the process on those",
+            "Make it contiguous on its device first (cupy.ascontiguousarray(x), or x.copy())",
+        )
+    try:
+        dlpack = hasattr(type(obj), "__dlpack__")
+        t = from_dlpack(obj) if dlpack else torch.as_tensor(obj)
+    except (RuntimeError, TypeError, AssertionError, BufferError) as err:
+        raise DeviceError(
+            what,
+            path,
+            f"torch could not import {kind} from its device ({err})",
+            "Check that this torch is built for that device (torch.cuda.is_available()), or move the data to the host",
+        ) from err
+    why = f"{kind} through {'DLPack' if hasattr(type(obj), '__dlpack__') else '__cuda_array_interface__'}"
+    if type(obj).__module__.partition(".")[0] in _IMMUTABLE and copy is not False:
+        # A copy on the device: a tensor sharing the memory would let writes reach an immutable array.
+        return adopted(t.clone(), why + ", copied on its device: JAX arrays are immutable", copied=True, source=kind)
+    return adopted(t, why + ": the same device memory, no copy", copied=False, source=kind)
+
+
+class _Devices:
+    name = "devices"
+
+    def claims(self, obj: object) -> bool:
+        if isinstance(obj, (torch.Tensor, np.ndarray)):  # they export both protocols; tensorbridge handles them
+            return False
+        cls = type(obj)
+        if hasattr(cls, "__cuda_array_interface__"):
+            return True
+        return hasattr(cls, "__dlpack__") and hasattr(cls, "__dlpack_device__") and not _on_host(obj)
+
+    def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adopted:
+        return _import(obj, path, "to_tensor", opts.copy)
+
+    def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adopted:
+        # The tensor is a view of the device memory; the planner copies it to the host.
+        return _import(obj, path, "to_numpy", False)
+
+
+ADAPTER: Final = _Devices()

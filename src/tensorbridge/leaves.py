@@ -1,0 +1,97 @@
+"""Which leaves convert, and the plan for each: NumPy and plain tensors directly, others adopted first.
+
+A leaf is a NumPy array or scalar, a tensor, or anything an adapter in
+:mod:`tensorbridge.interop` claims (buffers, DLPack and ``__array__`` producers, pandas, SciPy
+sparse, quantized and nested tensors...). An adopted leaf's plan starts with the adoption
+step (view or copy, and why), then continues with the ordinary plan of what adoption gave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import numpy as np
+import torch
+
+from .errors import ConversionError
+from .interop import adapter_for
+from .interop.base import Adopted
+from .plan import Plan, ToNumpyOptions, ToTensorOptions, plan_tensor_to_tensor, plan_to_numpy, plan_to_tensor
+
+__all__ = ["is_leaf", "plan_leaf_to_numpy", "plan_leaf_to_tensor"]
+
+_ndarray = np.ndarray
+_generic = np.generic
+_Tensor = torch.Tensor
+# Leaves that never convert: checked first, so walking metadata costs nothing.
+_INERT: Final = frozenset({type(None), bool, int, float, complex, str})
+
+
+def _plain_tensor(t: torch.Tensor) -> bool:
+    """A strided, unquantized, un-nested tensor of torch's own class or a subclass no adapter claims."""
+    if t.layout != torch.strided or t.is_quantized or t.is_nested:
+        return False
+    return type(t) is _Tensor or adapter_for(t) is None
+
+
+def is_leaf(x: object) -> bool:
+    """Whether ``x`` converts (containers are walked, everything else passes through)."""
+    if isinstance(x, (_ndarray, _generic, _Tensor)):
+        return True
+    return type(x) not in _INERT and adapter_for(x) is not None
+
+
+def _describe(x: Any) -> str:
+    cls = type(x)
+    bits = [f"{cls.__module__}.{cls.__qualname__}".removeprefix("builtins.")]
+    for attr in ("dtype", "shape"):
+        value = getattr(x, attr, None)
+        if value is not None and not callable(value):
+            bits.append(f"{attr} {tuple(value) if attr == 'shape' else value}")
+    return " ".join(bits)
+
+
+def _adopted_plan(x: Any, path: str, adopt: Callable[[], Adopted], then: Callable[[Any], Plan]) -> Plan:
+    try:
+        got = adopt()
+    except ConversionError as err:
+        return Plan(path, lambda: (_describe(x), "?"), (), err)
+    if got.done:
+        return Plan(path, lambda: (_describe(x), _describe(got.value)), (got.step,))
+    inner = then(got.value)
+    if inner.error is not None:
+        return Plan(path, lambda: (_describe(x), inner.target), (), inner.error)
+    return Plan(path, lambda: (_describe(x), inner.target), (got.step, *inner.steps))
+
+
+def plan_leaf_to_tensor(x: Any, opts: ToTensorOptions, path: str) -> Plan:
+    """Plan ``to_tensor`` for one leaf of any kind."""
+    if isinstance(x, _Tensor):
+        if _plain_tensor(x):
+            return plan_tensor_to_tensor(x, opts, path)
+    elif isinstance(x, (_ndarray, _generic)):
+        return plan_to_tensor(x, opts, path)
+    adapter = adapter_for(x)
+    if adapter is None:  # a special tensor no adapter claims: the planner's own rules and errors
+        return plan_tensor_to_tensor(x, opts, path)
+    return _adopted_plan(x, path, lambda: adapter.to_tensor(x, opts, path), lambda v: _next_tensor(v, opts, path))
+
+
+def _next_tensor(v: Any, opts: ToTensorOptions, path: str) -> Plan:
+    if isinstance(v, _Tensor):
+        return plan_tensor_to_tensor(v, opts, path)
+    return plan_to_tensor(v, opts, path)
+
+
+def plan_leaf_to_numpy(x: Any, opts: ToNumpyOptions, path: str) -> Plan:
+    """Plan ``to_numpy`` for one leaf of any kind."""
+    if isinstance(x, _Tensor):
+        if _plain_tensor(x):
+            return plan_to_numpy(x, opts, path)
+    elif isinstance(x, (_ndarray, _generic)):
+        return plan_to_numpy(x, opts, path)
+    adapter = adapter_for(x)
+    if adapter is None:
+        return plan_to_numpy(x, opts, path)
+    return _adopted_plan(x, path, lambda: adapter.to_numpy(x, opts, path), lambda v: plan_to_numpy(v, opts, path))
