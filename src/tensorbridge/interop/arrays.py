@@ -64,7 +64,7 @@ def as_numpy(obj: Any, path: str, what: str) -> tuple[np.ndarray[Any, Any], str]
         except (TypeError, ValueError) as err:
             tried.append(f"buffer protocol: {err}")
     cls = type(obj)
-    if hasattr(cls, "__array_interface__"):
+    if hasattr(obj, "__array_interface__"):
         try:
             return np.asarray(obj), "__array_interface__"
         except (TypeError, ValueError) as err:
@@ -103,7 +103,12 @@ class _Arrays:
         if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):  # they export every protocol themselves
             return False
         cls = type(obj)
-        return hasattr(cls, "__array_interface__") or hasattr(cls, "__dlpack__") or hasattr(cls, "__array__")
+        if hasattr(cls, "__dlpack__") or hasattr(cls, "__array__"):
+            return True
+        try:  # NumPy reads this one from the object: it may be an instance attribute
+            return hasattr(obj, "__array_interface__")
+        except Exception:  # a property that raises: not an array
+            return False
 
     def _adopt(self, obj: Any, path: str, what: str) -> Adopted:
         a, route = as_numpy(obj, path, what)

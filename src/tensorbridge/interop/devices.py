@@ -75,9 +75,12 @@ class _Devices:
         if isinstance(obj, (torch.Tensor, np.ndarray)):  # they export both protocols; tensorbridge handles them
             return False
         cls = type(obj)
-        if hasattr(cls, "__cuda_array_interface__"):
-            return True
-        return hasattr(cls, "__dlpack__") and hasattr(cls, "__dlpack_device__") and not _on_host(obj)
+        if hasattr(cls, "__dlpack__") and hasattr(cls, "__dlpack_device__"):
+            return not _on_host(obj)  # where the producer says it lives decides (JAX on CPU has a CAI property too)
+        try:
+            return hasattr(obj, "__cuda_array_interface__")
+        except Exception:  # a property that raises: not a device array
+            return False
 
     def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adopted:
         return _import(obj, path, "to_tensor", opts.copy)
