@@ -79,11 +79,9 @@ def test_dtype_casts_on_the_way() -> None:
     ("make", "match"),
     [
         (lambda: torch.empty(3, device="meta"), "meta"),
-        (lambda: torch.eye(3).to_sparse(), "sparse_coo"),
-        (lambda: quiet_tensor(torch.eye(3).to_sparse_csr), "sparse_csr"),
+        # Quantized tensors need a choice (issue 4); sparse and nested ones convert since
+        # issue 4 (tests/test_sparse.py, tests/test_layouts.py).
         (lambda: quiet_tensor(torch.quantize_per_tensor, torch.ones(3), 0.1, 0, torch.quint8), "dequantize"),
-        (lambda: quiet_tensor(torch.nested.nested_tensor, [torch.ones(2), torch.ones(3)]), "nested"),
-        (lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)], layout=torch.jagged), "nested"),
     ],
 )
 def test_unsupported_tensors_raise_clear_errors(make: Any, match: str) -> None:

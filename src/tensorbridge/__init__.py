@@ -21,6 +21,7 @@ from .errors import (
     UnsupportedError,
     ValueRangeError,
 )
+from .interop.layouts import QuantizedArray, nested_tensor
 from .transfers import PoolStats, TransferConfig, configure_transfers, release_pinned, transfer_stats
 from .tree import register_container
 
@@ -34,6 +35,7 @@ __all__ = [
     "Explanation",
     "OutOfMemoryError",
     "PoolStats",
+    "QuantizedArray",
     "StructureError",
     "TransferConfig",
     "UnsupportedError",
@@ -41,6 +43,7 @@ __all__ = [
     "__version__",
     "configure_transfers",
     "explain",
+    "nested_tensor",
     "numpy_dtype",
     "register_container",
     "release_pinned",

@@ -8,16 +8,26 @@ step (view or copy, and why), then continues with the ordinary plan of what adop
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Final
 
 import numpy as np
 import torch
 
-from .errors import ConversionError
+from .errors import ConversionError, CopyRefusedError
 from .interop import adapter_for
 from .interop.base import Adopted
-from .plan import Plan, ToNumpyOptions, ToTensorOptions, plan_tensor_to_tensor, plan_to_numpy, plan_to_tensor
+from .plan import (
+    Plan,
+    ToNumpyOptions,
+    ToTensorOptions,
+    describe_array,
+    describe_tensor,
+    plan_tensor_to_tensor,
+    plan_to_numpy,
+    plan_to_tensor,
+)
 
 __all__ = ["is_leaf", "plan_leaf_to_numpy", "plan_leaf_to_tensor"]
 
@@ -43,26 +53,45 @@ def is_leaf(x: object) -> bool:
 
 
 def _describe(x: Any) -> str:
+    if isinstance(x, _Tensor):
+        return describe_tensor(x)
+    if isinstance(x, (_ndarray, _generic)):
+        return describe_array(x)
     cls = type(x)
     bits = [f"{cls.__module__}.{cls.__qualname__}".removeprefix("builtins.")]
     for attr in ("dtype", "shape"):
-        value = getattr(x, attr, None)
-        if value is not None and not callable(value):
-            bits.append(f"{attr} {tuple(value) if attr == 'shape' else value}")
+        try:
+            value = getattr(x, attr, None)
+            if value is not None and not callable(value):
+                bits.append(f"{attr} {tuple(value) if attr == 'shape' else value}")
+        except Exception:  # describing must never fail (a nested tensor's shape raises, say)
+            continue
     return " ".join(bits)
 
 
-def _adopted_plan(x: Any, path: str, adopt: Callable[[], Adopted], then: Callable[[Any], Plan]) -> Plan:
+def _adopted_plan(
+    x: Any, path: str, copy: bool | None, adopt: Callable[[], Adopted], then: Callable[[Any, bool | None], Plan]
+) -> Plan:
     try:
         got = adopt()
     except ConversionError as err:
         return Plan(path, lambda: (_describe(x), "?"), (), err)
+    source = got.source or _describe(x)
+    if got.step.kind == "adopt_copy" and copy is False:
+        refused = CopyRefusedError(
+            "conversion",
+            path,
+            f"copy=False, but adopting this leaf copies: {got.step.why}",
+            "Pass copy=None to allow the copy",
+        )
+        return Plan(path, lambda: (source, "?"), (), refused)
     if got.done:
-        return Plan(path, lambda: (_describe(x), _describe(got.value)), (got.step,))
-    inner = then(got.value)
+        return Plan(path, lambda: (source, _describe(got.value)), (got.step,))
+    # Fresh memory from the adoption already satisfies copy=True: no second copy.
+    inner = then(got.value, None if got.step.kind == "adopt_copy" and copy is True else copy)
     if inner.error is not None:
-        return Plan(path, lambda: (_describe(x), inner.target), (), inner.error)
-    return Plan(path, lambda: (_describe(x), inner.target), (got.step, *inner.steps))
+        return Plan(path, lambda: (source, inner.target), (), inner.error)
+    return Plan(path, lambda: (source, inner.target), (got.step, *inner.steps))
 
 
 def plan_leaf_to_tensor(x: Any, opts: ToTensorOptions, path: str) -> Plan:
@@ -75,10 +104,14 @@ def plan_leaf_to_tensor(x: Any, opts: ToTensorOptions, path: str) -> Plan:
     adapter = adapter_for(x)
     if adapter is None:  # a special tensor no adapter claims: the planner's own rules and errors
         return plan_tensor_to_tensor(x, opts, path)
-    return _adopted_plan(x, path, lambda: adapter.to_tensor(x, opts, path), lambda v: _next_tensor(v, opts, path))
+    return _adopted_plan(
+        x, path, opts.copy, lambda: adapter.to_tensor(x, opts, path), lambda v, c: _next_tensor(v, opts, c, path)
+    )
 
 
-def _next_tensor(v: Any, opts: ToTensorOptions, path: str) -> Plan:
+def _next_tensor(v: Any, opts: ToTensorOptions, copy: bool | None, path: str) -> Plan:
+    if copy != opts.copy:
+        opts = dataclasses.replace(opts, copy=copy)
     if isinstance(v, _Tensor):
         return plan_tensor_to_tensor(v, opts, path)
     return plan_to_tensor(v, opts, path)
@@ -94,4 +127,10 @@ def plan_leaf_to_numpy(x: Any, opts: ToNumpyOptions, path: str) -> Plan:
     adapter = adapter_for(x)
     if adapter is None:
         return plan_to_numpy(x, opts, path)
-    return _adopted_plan(x, path, lambda: adapter.to_numpy(x, opts, path), lambda v: plan_to_numpy(v, opts, path))
+    return _adopted_plan(
+        x,
+        path,
+        opts.copy,
+        lambda: adapter.to_numpy(x, opts, path),
+        lambda v, c: plan_to_numpy(v, opts if c == opts.copy else dataclasses.replace(opts, copy=c), path),
+    )

@@ -2,9 +2,9 @@
 
 | adapter | leaves | module |
 |---|---|---|
-| layouts | sparse, quantized, nested tensors; DTensor and fake tensors (refused) | ``layouts.py`` |
+| layouts | quantized and nested tensors; DTensor and fake tensors (refused) | ``layouts.py`` |
 | pandas | Series, DataFrame, Index | ``pandas.py`` |
-| sparse | SciPy sparse matrices and arrays (COO, CSR, CSC, BSR) | ``sparse.py`` |
+| sparse | SciPy sparse matrices/arrays and torch sparse tensors (COO, CSR, CSC, BSR) | ``sparse.py`` |
 | devices | ``__dlpack__`` / ``__cuda_array_interface__`` producers on a GPU (CuPy, JAX on GPU) | ``devices.py`` |
 | arrays | what NumPy can view: buffers, ``__array_interface__``, CPU ``__dlpack__``, ``__array__`` | ``arrays.py`` |
 
