@@ -21,7 +21,8 @@ from .errors import (
     UnsupportedError,
     ValueRangeError,
 )
-from .interop.layouts import QuantizedArray, nested_tensor
+from .interop.nested import nested_tensor
+from .interop.quantized import QuantizedArray
 from .transfers import PoolStats, TransferConfig, configure_transfers, release_pinned, transfer_stats
 from .tree import register_container
 

@@ -2,7 +2,7 @@
 
 | adapter | leaves | module |
 |---|---|---|
-| layouts | quantized and nested tensors; DTensor and fake tensors (refused) | ``layouts.py`` |
+| layouts | quantized, nested tensors; DTensor, FakeTensor (refused) | ``layouts.py``, ``quantized.py``, ``nested.py`` |
 | pandas | Series, DataFrame, Index | ``pandas.py`` |
 | sparse | SciPy sparse matrices/arrays and torch sparse tensors (COO, CSR, CSC, BSR) | ``sparse.py`` |
 | devices | ``__dlpack__`` / ``__cuda_array_interface__`` producers on a GPU (CuPy, JAX on GPU) | ``devices.py`` |
