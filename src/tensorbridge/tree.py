@@ -177,9 +177,16 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(a.name for a in cls.__attrs_attrs__)  # type: ignore[attr-defined]  # attrs class
 
 
+# Packages whose Mapping or sequence subclasses are arrays, not containers: SciPy's dok_array
+# subclasses dict, but it is a sparse matrix (see tensorbridge.interop.sparse).
+_ARRAY_PACKAGES: Final = ("scipy.sparse",)
+
+
 def _rule_for(cls: type) -> ContainerSpec | None:
     if cls in _REGISTRY:
         return _REGISTRY[cls]
+    if cls.__module__.startswith(_ARRAY_PACKAGES):
+        return None
     if cls is dict:
         return ContainerSpec(cls, _flatten_mapping, _unflatten_dict, "item")
     if cls is list:
