@@ -245,3 +245,38 @@ def test_importing_tensorbridge_imports_no_optional_library() -> None:
 def test_libraries_ci_was_asked_to_test_are_installed(name: str) -> None:
     """CI sets TENSORBRIDGE_REQUIRE: a missing library must fail, not skip its tests silently."""
     __import__(name)
+
+
+# --- on a GPU (never run yet: no GPU has been lent to this project) ---------------------------
+
+
+class _CudaProducer:
+    """A non-torch producer of CUDA memory (as CuPy or JAX on GPU would be)."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self._t = t
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self._t.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        return self._t.__dlpack_device__()
+
+
+@pytest.mark.cuda
+def test_a_gpu_producer_lands_on_its_device_without_a_copy() -> None:
+    src = torch.arange(6.0, device="cuda")
+    t = tb.to_tensor({"x": _CudaProducer(src)})["x"]
+    assert t.device == src.device and t.data_ptr() == src.data_ptr(), "the same device memory"
+    assert "through DLPack: the same device memory, no copy" in str(tb.explain(_CudaProducer(src)))
+    back = tb.to_numpy({"x": _CudaProducer(src)})["x"]
+    assert type(back) is np.ndarray and back.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+@pytest.mark.cuda
+def test_cupy_arrays_with_negative_strides_are_refused_not_aborted() -> None:
+    cupy = pytest.importorskip("cupy")
+    x = cupy.arange(6, dtype=cupy.float32)
+    assert tb.to_tensor(x).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    with pytest.raises(tb.UnsupportedError, match="negative strides"):
+        tb.to_tensor(x[::-1])
