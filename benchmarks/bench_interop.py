@@ -110,9 +110,9 @@ def cases() -> list[Case]:
     else:
 
         def csr(n: int) -> Any:
-            nnz = n // 12  # 8 bytes of value + 4 of column index per entry
+            nnz = n // 12  # 8 bytes of value + 4 of column index per entry; one row, sorted unique columns
             return sp.csr_array(
-                (np.ones(nnz), np.zeros(nnz, np.int32), np.array([0, nnz], np.int32)), shape=(1, max(nnz, 1))
+                (np.ones(nnz), np.arange(nnz, dtype=np.int32), np.array([0, nnz], np.int32)), shape=(1, max(nnz, 1))
             )
 
         out.append(

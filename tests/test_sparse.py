@@ -19,7 +19,9 @@ import torch
 import tensorbridge as tb
 from tensorbridge.dtypes import DtypeRow
 from tensorbridge.interop import adapter_for
-from tensorbridge.interop.sparse import ADAPTER, _coords, _scipy_holds
+from tensorbridge.interop._sparse_common import _coords
+from tensorbridge.interop.sparse import ADAPTER
+from tensorbridge.interop.sparse_to_scipy import _scipy_holds
 from tensorbridge.plan.core import InteropOptions, ToNumpyOptions, ToTensorOptions
 
 from .helpers import EXACT_ROWS, bits, quiet_tensor, random_bits
