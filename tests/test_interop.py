@@ -280,3 +280,21 @@ def test_cupy_arrays_with_negative_strides_are_refused_not_aborted() -> None:
     assert tb.to_tensor(x).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     with pytest.raises(tb.UnsupportedError, match="negative strides"):
         tb.to_tensor(x[::-1])
+
+
+class _Broken:
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray[Any, Any]:
+        raise KeyError("the dataset's file was closed")
+
+
+class _Huge:
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray[Any, Any]:
+        raise MemoryError("Unable to allocate 8.00 EiB")
+
+
+def test_a_producer_that_fails_gets_a_named_error_not_a_raw_one() -> None:
+    with pytest.raises(tb.UnsupportedError, match=r"adoption at data\['ds'\]: .*_Broken could not be handed over"):
+        tb.to_tensor({"ds": _Broken()})
+    with pytest.raises(tb.OutOfMemoryError, match=r"at data\['big'\]: .*did not fit in memory"):
+        tb.to_numpy({"big": _Huge()})
+    assert "error" in str(tb.explain({"ds": _Broken()}))

@@ -15,7 +15,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from .errors import ConversionError, CopyRefusedError
+from .errors import ConversionError, CopyRefusedError, OutOfMemoryError, UnsupportedError
 from .interop import adapter_for
 from .interop.base import Adopted
 from .plan import (
@@ -76,6 +76,17 @@ def _adopted_plan(
         got = adopt()
     except ConversionError as err:
         return Plan(path, lambda: (_describe(x), "?"), (), err)
+    except MemoryError as err:
+        oom = OutOfMemoryError("adoption", path, f"{_describe(x)} did not fit in memory ({err})", "Convert a smaller piece")
+        return Plan(path, lambda: (_describe(x), "?"), (), oom)
+    except Exception as err:  # a library's own failure while handing over its data: named, never raw
+        failed = UnsupportedError(
+            "adoption",
+            path,
+            f"{_describe(x)} could not be handed over ({type(err).__name__}: {err})",
+            "Convert it to a NumPy array yourself first, and report the case to tensorbridge",
+        )
+        return Plan(path, lambda: (_describe(x), "?"), (), failed)
     source = got.source or _describe(x)
     if got.step.kind == "adopt_copy" and copy is False:
         refused = CopyRefusedError(
