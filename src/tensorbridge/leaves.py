@@ -77,7 +77,8 @@ def _adopted_plan(
     except ConversionError as err:
         return Plan(path, lambda: (_describe(x), "?"), (), err)
     except MemoryError as err:
-        oom = OutOfMemoryError("adoption", path, f"{_describe(x)} did not fit in memory ({err})", "Convert a smaller piece")
+        why = f"{_describe(x)} did not fit in memory ({err})"
+        oom = OutOfMemoryError("adoption", path, why, "Convert a smaller piece")
         return Plan(path, lambda: (_describe(x), "?"), (), oom)
     except Exception as err:  # a library's own failure while handing over its data: named, never raw
         failed = UnsupportedError(
