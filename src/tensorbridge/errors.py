@@ -13,6 +13,7 @@ __all__ = [
     "ConversionError",
     "CopyRefusedError",
     "DeviceError",
+    "FileFormatError",
     "StructureError",
     "UnsupportedError",
     "ValueRangeError",
@@ -66,6 +67,10 @@ class ValueRangeError(ConversionError, ValueError):
 
 class StructureError(ConversionError, ValueError):
     """A container cannot be walked or rebuilt: a cycle, a shape mismatch (also a ValueError)."""
+
+
+class FileFormatError(ConversionError, ValueError):
+    """A file that is malformed, truncated, hostile or of the wrong format (also a ValueError)."""
 
 
 class DeviceError(ConversionError, RuntimeError):

@@ -1,0 +1,113 @@
+"""What every file format reads and writes: named arrays, read lazily, plus how they nest.
+
+A file is read as an :class:`Archive`: its entries (name, dtype, shape, byte size) come from the
+header alone, and each entry's data is read only when :meth:`Entry.load` is called, memory-mapped
+where the format allows. Writers take entries one at a time, so a conversion holds at most one
+tensor in memory (plus what the format itself needs).
+
+Arrays are NumPy arrays throughout; bfloat16 and float8 are ``ml_dtypes`` arrays, so every dtype
+of ``tensorbridge.ROWS`` travels through every format.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import FileFormatError
+
+__all__ = ["Archive", "Entry", "Format", "bad_file", "check_size"]
+
+# The most bytes a header may claim before anything is allocated for it (safetensors allows
+# 100 MB; nothing legitimate comes close).
+MAX_HEADER_BYTES = 100 << 20
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One named array in a file.
+
+    Attributes:
+        name: the flat name (nested containers use dotted names, see ``structure.py``).
+        dtype: the NumPy dtype it loads as (ml_dtypes for bfloat16/float8).
+        shape: its shape.
+        load: reads the data (a memory map where the format allows); called at most once per use.
+    """
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    load: Callable[[], np.ndarray[Any, Any]] = field(repr=False, compare=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data."""
+        n = self.dtype.itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Archive:
+    """A file's contents, before any data is read.
+
+    Attributes:
+        entries: the arrays, in file order.
+        structure: how the entries nest (``structure.py``), or None for a flat set of names.
+        extra: format-specific metadata to carry along (safetensors ``__metadata__``), str -> str.
+    """
+
+    entries: list[Entry]
+    structure: Any = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Format(Protocol):
+    """One file format: a reader and a streaming writer."""
+
+    name: str
+    suffixes: tuple[str, ...]
+
+    def read(self, path: str) -> Archive:
+        """Read the header(s) of ``path``, validating them; load no data.
+
+        Raises:
+            FileFormatError: the file is malformed, truncated, or claims more data than it holds.
+        """
+        ...
+
+    def write(self, path: str, entries: Sequence[Entry], structure: Any, extra: dict[str, str]) -> None:
+        """Write the entries to a new file at ``path``, loading and writing one entry at a time.
+
+        ``structure`` is the nesting record (``structure.py``) to keep in the file's metadata
+        (None: a flat set of names); ``extra`` is format metadata to carry over where the format
+        has room for it. Peak memory: one entry's data plus a small constant.
+
+        Raises:
+            UnsupportedError: the format cannot hold an entry (a dtype, a name, several arrays in .npy).
+        """
+        ...
+
+
+def bad_file(
+    path: str, why: str, fix: str = "Check that the file is complete and of the format its suffix says"
+) -> FileFormatError:
+    """The error for a malformed file."""
+    return FileFormatError("reading", os.fspath(path), why, fix)
+
+
+def check_size(path: str, claimed: int, available: int, what: str) -> None:
+    """Refuse a header that claims more bytes than the file holds (before allocating them)."""
+    if claimed < 0 or claimed > available:
+        raise bad_file(path, f"{what} claims {claimed} bytes but the file holds only {available}")
+
+
+def iter_loaded(entries: Iterable[Entry]) -> Iterator[tuple[Entry, np.ndarray[Any, Any]]]:
+    """Each entry with its data, loaded one at a time."""
+    for e in entries:
+        yield e, e.load()
