@@ -202,3 +202,21 @@ def test_a_real_checkpoint_through_every_format(tmp_path: Path) -> None:
     assert run("diff", str(model), str(hops[-1]))[:2] == (0, "no differences\n")
     rows = json.loads(run("inspect", str(model), "--json")[1])
     assert rows["total_bytes"] > 80_000_000 and len(rows["arrays"]) > 90
+
+
+@pytest.mark.parametrize("row", [r for r in tb.ROWS if r.exact], ids=lambda r: r.name)
+def test_every_dtype_through_every_format_pair(tmp_path: Path, row: tb.dtypes.DtypeRow) -> None:
+    from .helpers import random_bits
+
+    arrays = {"x": random_bits(row, (3, 5), seed=1), "n": {"zero_d": random_bits(row, (), seed=2)}}
+    torch.save(tb.to_tensor(arrays), tmp_path / "src.pt")
+    for first, second in itertools.permutations([".npz", ".safetensors", ".pt"], 2):
+        a, b = tmp_path / f"a{first}", tmp_path / f"b{second}"
+        for s, d in [(tmp_path / "src.pt", a), (a, b)]:
+            code, _, err = run("convert", str(s), str(d), "--verify", "--force", "--quiet")
+            assert code == 0, (first, second, err)
+        entries = {e.name: e for e in format_for(str(b)).read(str(b)).entries}
+        for name, want in [("x", arrays["x"]), ("n.zero_d", arrays["n"]["zero_d"])]:
+            got = entries[name].load()
+            assert got.dtype == want.dtype and got.shape == want.shape, (first, second, name)
+            assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(want).tobytes(), (first, second)
