@@ -220,3 +220,15 @@ def test_every_dtype_through_every_format_pair(tmp_path: Path, row: tb.dtypes.Dt
             got = entries[name].load()
             assert got.dtype == want.dtype and got.shape == want.shape, (first, second, name)
             assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(want).tobytes(), (first, second)
+
+
+class _ClosedPipe(io.StringIO):
+    def write(self, s: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a.npz", w=np.ones(1))
+    err = io.StringIO()
+    assert main(["inspect", str(tmp_path / "a.npz")], out=_ClosedPipe(), err=err) == 141
+    assert err.getvalue() == ""

@@ -9,7 +9,9 @@ print one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -176,6 +178,12 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     except KeyboardInterrupt:
         err.write("tensorbridge: interrupted\n")
         return 130
+    except BrokenPipeError:
+        # The reader went away (`tensorbridge inspect f | head`): stop quietly, as Unix tools do.
+        if out is sys.stdout:
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (ConversionError, OSError) as e:
         err.write(f"tensorbridge: error: {e}\n")
         return EXIT_ERROR
