@@ -5,7 +5,7 @@ and whether the result SHARES memory with its input or is a fresh COPY. Sharing 
 the memory itself (the byte ranges behind the data pointers) and compared with what
 :func:`tensorbridge.explain` predicts; a disagreement prints MISMATCH and fails the tour.
 
-Run it with ``python -m tensorbridge`` (``--quiet`` prints nothing).
+Run it with ``tensorbridge tour`` (``--quiet`` prints nothing).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import torch
 from ..config import TransferConfig, current
 from ..devices import Backend, Event, backend_for
 from ..plan.transfer import Transfer, pack_groups, pack_layout, wire_dtype
+from .blocks import blocks
 from .pinned import POOL
 
 __all__ = ["download_packed", "move", "upload_packed"]
@@ -110,21 +111,12 @@ def _inverse(order: list[int]) -> list[int]:
 
 def _blocks(a: np.ndarray[Any, Any], limit: int) -> Iterator[np.ndarray[Any, Any]]:
     """Views of ``a`` that together cover it in C order, each at most ``limit`` bytes (or one element)."""
-    if a.flags.c_contiguous:
+    if a.flags.c_contiguous:  # dense memory: plain byte ranges, cut anywhere
         flat = a.reshape(-1).view(np.uint8)
         for start in range(0, flat.size, limit):
             yield flat[start : start + limit]
-    elif a.nbytes <= limit or a.ndim == 0:
-        yield a
     else:
-        row = a.nbytes // a.shape[0]
-        if row <= limit:
-            step = limit // row
-            for i in range(0, a.shape[0], step):
-                yield a[i : i + step]
-        else:
-            for i in range(a.shape[0]):
-                yield from _blocks(a[i], limit)
+        yield from blocks(a, limit)
 
 
 def _as_c_bytes(buf: np.ndarray[Any, Any], off: int, like: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

@@ -39,13 +39,14 @@ import json
 import os
 import struct
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import IO, Any, Final
 
 import numpy as np
 
+from .._convert.blocks import blocks
 from ..dtypes import ROWS, DtypeRow, row_for_numpy
 from ..errors import StructureError, UnsupportedError
 from . import structure as _structure
@@ -488,23 +489,8 @@ def _write_array(f: IO[bytes], data: np.ndarray[Any, Any]) -> None:
     if data.flags.c_contiguous and not _swapped(data.dtype):
         f.write(data.reshape(-1).view(np.uint8).data)  # zero-copy
         return
-    for block in _blocks(data, _CHUNK_BYTES):
+    for block in blocks(data, _CHUNK_BYTES):
         buf = np.array(block, order="C")  # a copy of at most one chunk
         if _swapped(buf.dtype):
             buf.byteswap(inplace=True)  # the copy's bytes become little-endian
         f.write(buf.reshape(-1).view(np.uint8).data)
-
-
-def _blocks(a: np.ndarray[Any, Any], limit: int) -> Iterator[np.ndarray[Any, Any]]:
-    """Views of ``a`` of at most ``limit`` bytes (or one element) whose C-order concatenation is ``a``."""
-    if a.ndim == 0 or a.nbytes <= limit:
-        yield a
-        return
-    row = a[0].nbytes
-    if row <= limit:
-        step = limit // row
-        for i in range(0, a.shape[0], step):
-            yield a[i : i + step]
-    else:
-        for i in range(a.shape[0]):
-            yield from _blocks(a[i], limit)
