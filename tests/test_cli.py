@@ -200,6 +200,8 @@ def test_a_real_checkpoint_through_every_format(tmp_path: Path) -> None:
         code, _, err = run("convert", str(s), str(d), "--verify", "--quiet")
         assert code == 0, err
     assert run("diff", str(model), str(hops[-1]))[:2] == (0, "no differences\n")
+    assert run("convert", str(model), str(tmp_path / "same.safetensors"), "--quiet")[0] == 0
+    assert (tmp_path / "same.safetensors").read_bytes() == model.read_bytes(), "rewritten byte for byte"
     rows = json.loads(run("inspect", str(model), "--json")[1])
     assert rows["total_bytes"] > 80_000_000 and len(rows["arrays"]) > 90
 
