@@ -25,7 +25,8 @@ from tensorbridge.dtypes import DtypeRow, is_ml_dtype
 from tensorbridge.errors import FileFormatError, StructureError, UnsupportedError
 from tensorbridge.io import format_for, structure
 from tensorbridge.io.base import Archive, Entry, Format
-from tensorbridge.io.numpy_files import NPY, NPZ, RECORD_MEMBER
+from tensorbridge.io.npy_files import NPY
+from tensorbridge.io.npz_files import NPZ, RECORD_MEMBER
 
 from .helpers import EXACT_ROWS, bits, random_bits
 

@@ -2,8 +2,8 @@
 
 | format | suffixes | module |
 |---|---|---|
-| NumPy array | ``.npy`` | ``numpy_files.py`` |
-| NumPy archive | ``.npz`` | ``numpy_files.py`` |
+| NumPy array | ``.npy`` | ``npy_files.py`` |
+| NumPy archive | ``.npz`` | ``npz_files.py`` |
 | torch.save | ``.pt``, ``.pth``, ``.bin`` | ``torch_files.py`` |
 | safetensors | ``.safetensors`` | ``safetensors_files.py`` |
 """
@@ -20,10 +20,10 @@ __all__ = ["FORMATS", "Archive", "Entry", "Format", "format_for"]
 
 
 def _formats() -> dict[str, Format]:
-    from . import numpy_files, safetensors_files, torch_files
+    from . import npy_files, npz_files, safetensors_files, torch_files
 
     table: dict[str, Format] = {}
-    for fmt in (numpy_files.NPY, numpy_files.NPZ, torch_files.PT, safetensors_files.SAFETENSORS):
+    for fmt in (npy_files.NPY, npz_files.NPZ, torch_files.PT, safetensors_files.SAFETENSORS):
         table[fmt.name] = fmt
     return table
 

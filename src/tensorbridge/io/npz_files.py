@@ -1,0 +1,308 @@
+"""NumPy's ``.npz`` files: a zip of ``.npy`` members, checked before anything is allocated, data mapped lazily.
+
+**.npz** (:data:`NPZ`) is a zip of ``<name>.npy`` members, each validated as in ``npy_files.py`` from its header
+alone, with sizes checked against the member's declared size. The zip itself is checked first:
+only STORED and DEFLATED members (those NumPy writes), no encryption, each member's bytes inside
+the file and overlapping no other member, and no DEFLATED member declaring more than
+``_MAX_RATIO`` times its compressed size (DEFLATE cannot exceed about 1032:1; larger claims are
+zip bombs). A STORED member loads as a read-only memory map of its bytes inside the zip (zero
+copy; its CRC is not checked, as that would read everything); a DEFLATED member is decompressed in
+chunks into one array of exactly the declared size, and its CRC is checked. Writing is streamed,
+one entry at a time, as STORED members, so the file reads back memory-mapped (``np.savez``
+does the same; compress it yourself if size matters more than mapping), with fixed timestamps so
+equal inputs give equal files, and each member's data aligned to 64 bytes in the file by padding in
+its zip extra field (ID 0xD935, as Android's zipalign). Array names must be usable zip member
+names: non-empty, valid Unicode, no NUL or backslash, not starting with ``/``, no empty, ``.``
+or ``..`` part between slashes (such names are refused, never changed). The nesting record
+(``structure.py``) is kept as the JSON member ``__tensorbridge__.json``, written only when it
+says more than the flat names do; ``np.load`` lists it as a key whose value is its bytes.
+``extra`` has no place in a ``.npz`` and is not kept. A member that is neither a ``.npy`` array
+nor the record raises :class:`UnsupportedError` (it would be lost in silence otherwise).
+
+bfloat16 and float8 arrays are stored in members as ``npy_files.py`` stores them (a one-field
+structured dtype, see there).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+import zipfile
+import zlib
+from collections.abc import Sequence
+from functools import partial
+from typing import IO, Any, Final
+
+import numpy as np
+
+from ..errors import ConversionError, UnsupportedError
+from . import structure as _structure
+from .base import MAX_HEADER_BYTES, Archive, Entry, bad_file, check_size
+from .npy_files import _finish, _Header, _map, _prepared, _read_exact, _read_header, _short, _stored_dtype
+
+__all__ = ["NPZ", "RECORD_MEMBER", "NpzFormat"]
+
+#: The member of an .npz file that holds the nesting record (JSON, ``structure.dumps``).
+RECORD_MEMBER: Final = "__tensorbridge__.json"
+# DEFLATE tops out near 1032:1 (an all-zero float64 array reaches 1028:1); more is a lie.
+_MAX_RATIO: Final = 1100
+_CHUNK: Final = 1 << 20  # bytes decompressed at a time
+_ALIGN: Final = 64
+_ZIPALIGN_ID: Final = 0xD935
+_LOCAL_MAGIC: Final = b"PK\x03\x04"
+_LOCAL_HEADER: Final = 30  # bytes of a zip local file header before its name and extra field
+_ZIP64_EXTRA: Final = 20  # the local zip64 extra field zipfile writes with force_zip64
+_ZIP_ERRORS: Final = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    struct.error,
+    NotImplementedError,
+    RuntimeError,
+    OverflowError,
+)
+_FIX_ZIP: Final = "Check that the file is complete, or save it again with np.savez"
+
+
+class NpzFormat:
+    """NumPy's ``.npz`` format: a zip of ``.npy`` members, memory-mapped where stored uncompressed."""
+
+    name: str = "npz"
+    suffixes: tuple[str, ...] = (".npz",)
+
+    def read(self, path: str) -> Archive:
+        """Read and validate the zip directory and every member's ``.npy`` header; load no data.
+
+        Args:
+            path: the file.
+
+        Returns:
+            One entry per ``.npy`` member (``.npy`` stripped from its name), in file order; the
+            nesting record tensorbridge wrote, or None.
+
+        Raises:
+            FileFormatError: (ValueError) the zip or a member is malformed, truncated, overlaps
+                another member or claims more data than it holds (a zip bomb).
+            UnsupportedError: (TypeError) a member is encrypted, compressed other than by DEFLATE,
+                holds Python objects, or is not an array.
+
+        Example:
+            >>> import os, tempfile, numpy as np
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> path = os.path.join(tmp.name, "a.npz")
+            >>> np.savez_compressed(path, w=np.ones((2, 2), np.float32), n=np.array(7))
+            >>> archive = NPZ.read(path)
+            >>> [(e.name, e.dtype, e.shape) for e in archive.entries], archive.structure
+            ([('w', dtype('float32'), (2, 2)), ('n', dtype('int64'), ())], None)
+            >>> archive.entries[0].load().tolist()
+            [[1.0, 1.0], [1.0, 1.0]]
+            >>> tmp.cleanup()
+        """
+        path = os.fspath(path)
+        entries: list[Entry] = []
+        record: Any = None
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            try:
+                with zipfile.ZipFile(f) as zf:
+                    for info, start in _members(path, f, zf.infolist(), size):
+                        if info.filename == RECORD_MEMBER:
+                            record = _read_record(path, zf, info)
+                            continue
+                        with zf.open(info) as member:
+                            header = _read_header(member, info.file_size, path, f"member {info.filename!r}")
+                        if info.compress_type == zipfile.ZIP_STORED:
+                            load = partial(_map, path, start + header.size, header, size)
+                        else:
+                            load = partial(_inflate, path, info, header, size)
+                        entries.append(Entry(info.filename[:-4], header.loads_as, header.shape, load))
+            except ConversionError:
+                raise
+            except _ZIP_ERRORS as err:
+                raise bad_file(path, f"it is not a valid zip archive ({_short(err)})", _FIX_ZIP) from err
+        return Archive(entries, record)
+
+    def write(self, path: str, entries: Sequence[Entry], structure: Any, extra: dict[str, str]) -> None:
+        """Write the entries to a new ``.npz`` file at ``path``, one STORED member at a time.
+
+        Everything that could be refused (names, dtypes) is checked before the file is created.
+
+        Args:
+            path: the file to create (the caller renames it into place).
+            entries: the arrays; names must be unique zip member names (see the module docs).
+            structure: the nesting record, kept as ``__tensorbridge__.json`` unless None or flat.
+            extra: ignored (a ``.npz`` has no place for it).
+
+        Raises:
+            UnsupportedError: (TypeError) a name that is no zip member name or appears twice, or a
+                dtype a ``.npy`` cannot hold without pickling.
+            StructureError: (ValueError) an entry loads with another dtype or shape than it declared.
+
+        Example:
+            >>> import os, tempfile, numpy as np
+            >>> from tensorbridge.io.base import Entry
+            >>> tmp = tempfile.TemporaryDirectory()
+            >>> path = os.path.join(tmp.name, "m.npz")
+            >>> w, b = np.eye(2), np.zeros(2, np.float32)
+            >>> rec = {"dict": [["layer", {"list": [{"t": "layer.0"}, {"t": "layer.1"}]}], ["step", {"v": 3}]]}
+            >>> entries = [Entry(n, a.dtype, a.shape, lambda a=a: a) for n, a in [("layer.0", w), ("layer.1", b)]]
+            >>> NPZ.write(path, entries, rec, {})
+            >>> with np.load(path) as npz:  # plain NumPy reads it too
+            ...     sorted(npz.files)
+            ['__tensorbridge__.json', 'layer.0', 'layer.1']
+            >>> NPZ.read(path).structure == rec
+            True
+            >>> tmp.cleanup()
+        """
+        path = os.fspath(path)
+        names: set[str] = set()
+        for e in entries:
+            _check_member_name(path, e.name, names)
+            _stored_dtype(path, e.name, e.dtype)
+        flat = {"dict": [[e.name, {"t": e.name}] for e in entries]}
+        record = None if structure is None or structure == flat else _structure.dumps(structure).encode()
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for e in entries:
+                data = _prepared(path, e)
+                with zf.open(_member_info(zf, e.name + ".npy"), "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, data, allow_pickle=False)
+                del data  # one entry's data in memory at a time
+            if record is not None:
+                zf.writestr(_member_info(zf, RECORD_MEMBER, aligned=False), record)
+
+
+NPZ: Final = NpzFormat()
+
+
+# ----------------------------------------------------------------------------------- zip members
+
+
+def _members(path: str, f: IO[bytes], infos: list[zipfile.ZipInfo], size: int) -> list[tuple[zipfile.ZipInfo, int]]:
+    """Each member with the offset of its bytes in the file, after the zip-level checks."""
+    out: list[tuple[zipfile.ZipInfo, int]] = []
+    seen: set[str] = set()
+    spans: list[tuple[int, int, str]] = []
+    for info in infos:
+        name = info.filename
+        if name in seen:
+            raise bad_file(path, f"member {name!r} appears twice in the zip directory", _FIX_ZIP)
+        seen.add(name)
+        if name != RECORD_MEMBER and not name.endswith(".npy"):
+            raise UnsupportedError(
+                "reading",
+                path,
+                f"member {name!r} is not a .npy array, and tensorbridge reads only arrays",
+                "Remove it from the archive (or read it with zipfile)",
+            )
+        if info.flag_bits & 0x1:
+            raise UnsupportedError("reading", path, f"member {name!r} is encrypted", "Save it again unencrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise UnsupportedError(
+                "reading",
+                path,
+                f"member {name!r} is compressed with zip method {info.compress_type}; NumPy writes only "
+                "stored (0) and DEFLATE (8) members",
+                "Save it again with np.savez or np.savez_compressed",
+            )
+        f.seek(info.header_offset)
+        local = f.read(_LOCAL_HEADER)
+        if len(local) < _LOCAL_HEADER or local[:4] != _LOCAL_MAGIC:
+            raise bad_file(path, f"member {name!r} has no local header at byte {info.header_offset}", _FIX_ZIP)
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        start = info.header_offset + _LOCAL_HEADER + name_length + extra_length
+        check_size(path, info.compress_size, max(size - start, 0), f"member {name!r}")
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+            raise bad_file(path, f"stored member {name!r} claims {info.file_size} bytes in {info.compress_size}")
+        if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > _MAX_RATIO * max(info.compress_size, 1):
+            raise bad_file(
+                path,
+                f"member {name!r} claims {info.file_size} bytes from {info.compress_size} compressed, more than "
+                f"the {_MAX_RATIO}:1 DEFLATE can reach (a zip bomb?)",
+                "Do not use this file",
+            )
+        spans.append((info.header_offset, start + info.compress_size, name))
+        out.append((info, start))
+    spans.sort()
+    for (_, end, before), (begin, _, after) in itertools.pairwise(spans):
+        if begin < end:  # shared bytes multiply what a small file can claim (a zip bomb)
+            raise bad_file(path, f"members {before!r} and {after!r} overlap", "Do not use this file")
+    return out
+
+
+def _read_record(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
+    if info.file_size > MAX_HEADER_BYTES:
+        raise bad_file(path, f"the nesting record claims {info.file_size} bytes, over {MAX_HEADER_BYTES}")
+    with zf.open(info) as member:
+        raw = _read_exact(member, info.file_size + 1)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise bad_file(path, f"the nesting record is not UTF-8 ({err.reason})") from err
+    return _structure.loads(text, where=path)
+
+
+def _inflate(path: str, info: zipfile.ZipInfo, header: _Header, size: int) -> np.ndarray[Any, Any]:
+    """A DEFLATED member's data, decompressed in chunks into one new array of exactly its size."""
+    now = os.stat(path).st_size
+    if now != size:
+        raise bad_file(path, f"the file is now {now} bytes, not the {size} it held when read")
+    raw = np.empty(header.nbytes, np.uint8)
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(info) as member:
+            _read_exact(member, header.size)
+            at = 0
+            while at < header.nbytes:
+                chunk = member.read(min(_CHUNK, header.nbytes - at))
+                if not chunk:
+                    raise bad_file(path, f"member {info.filename!r} ends after {at} of {header.nbytes} data bytes")
+                raw[at : at + len(chunk)] = np.frombuffer(chunk, np.uint8)
+                at += len(chunk)
+            while member.read(_CHUNK):  # to the end, so zipfile checks the CRC
+                pass
+    except ConversionError:
+        raise
+    except _ZIP_ERRORS as err:
+        raise bad_file(path, f"member {info.filename!r} cannot be decompressed ({_short(err)})", _FIX_ZIP) from err
+    data = raw.view(header.mapped).reshape(header.shape, order="F" if header.fortran else "C")
+    return _finish(data, header)
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+def _check_member_name(path: str, name: str, seen: set[str]) -> None:
+    why = None
+    if not isinstance(name, str):
+        why = "is not a str"
+    elif name in seen:
+        why = "appears twice"
+    elif "\0" in name or "\\" in name or name.startswith("/") or {"", ".", ".."} & set(name.split("/")):
+        # zipfile cuts a name at NUL and turns backslashes into slashes on Windows; the others
+        # are unsafe or ambiguous paths for unzip.
+        why = "cannot be a zip member name (empty, NUL, backslash, leading slash, or an empty, '.' or '..' part)"
+    else:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            why = "is not valid Unicode"
+    if why is not None:
+        raise UnsupportedError("writing", path, f"the array name {name!r} {why}", "Rename the array")
+    seen.add(name)
+
+
+def _member_info(zf: zipfile.ZipFile, name: str, *, aligned: bool = True) -> zipfile.ZipInfo:
+    """A STORED member with a fixed timestamp, padded so that its .npy data starts 64-aligned."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    if aligned and zf.fp is not None:
+        # The local header is written at the current position; np.lib.format pads the .npy
+        # header itself to a multiple of 64, so aligning the member's first byte suffices.
+        fixed = zf.fp.tell() + _LOCAL_HEADER + len(name.encode("utf-8")) + _ZIP64_EXTRA + 6
+        pad = -fixed % _ALIGN
+        info.extra = struct.pack("<HHH", _ZIPALIGN_ID, 2 + pad, _ALIGN) + bytes(pad)
+    return info
