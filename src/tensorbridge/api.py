@@ -47,10 +47,6 @@ _DEFAULT_NUMPY = ToNumpyOptions()
 _PLAIN_NUMPY_DTYPES = frozenset(row.torch for row in ROWS if row.carrier is None and row.exact)
 
 
-_is_leaf = is_leaf
-_plan_tensor = plan_leaf_to_tensor
-
-
 def _tensor_leaf(x: Any, path: Path, opts: ToTensorOptions) -> Any:
     if is_leaf(x):
         return run_plan(x, plan_leaf_to_tensor(x, opts, format_path(path)))
@@ -216,7 +212,7 @@ def to_tensor(
     opts = normalize_to_tensor(dtype, device, copy, requires_grad, pin_memory, interop)
     _check_non_blocking(non_blocking, "to_tensor")
     if opts.device is not None:
-        return _convert_together(data, lambda x, path: _plan_tensor(x, opts, path), non_blocking)
+        return _convert_together(data, lambda x, path: plan_leaf_to_tensor(x, opts, path), non_blocking)
     return map_leaves(lambda x, path: _tensor_leaf(x, path, opts), data)
 
 
@@ -264,10 +260,10 @@ def _check_non_blocking(non_blocking: object, what: str) -> None:
 
 def _convert_together(data: Any, plan: Callable[[Any, str], Plan], non_blocking: bool | None) -> Any:
     """Plan every leaf, then convert them in one go, so device copies can be packed and pipelined."""
-    leaves = iter_leaves(data, _is_leaf)
+    leaves = iter_leaves(data, is_leaf)
     plans = assign_routes([plan(x, format_path(p)) for p, x in leaves], current_config())
     results = iter(run_plans([x for _, x in leaves], plans, non_blocking))
-    return map_leaves(lambda x, path: next(results) if _is_leaf(x) else x, data)
+    return map_leaves(lambda x, path: next(results) if is_leaf(x) else x, data)
 
 
 class _OnDevice(Exception):
@@ -470,7 +466,7 @@ def explain(data: Any, to: Literal["tensor", "numpy"] = "tensor", **options: Any
             - flip copy (negative strides on axis 1: gathered back in order by torch)
             => fresh memory
     """
-    leaves = iter_leaves(data, _is_leaf)
+    leaves = iter_leaves(data, is_leaf)
     interop = normalize_interop(
         f"explain(to={to!r})",
         options.pop("dense", False),
@@ -489,7 +485,7 @@ def explain(data: Any, to: Literal["tensor", "numpy"] = "tensor", **options: Any
         )
         options.pop("non_blocking", None)
         _no_more(options)
-        plans = tuple(_plan_tensor(x, t_opts, format_path(p)) for p, x in leaves)
+        plans = tuple(plan_leaf_to_tensor(x, t_opts, format_path(p)) for p, x in leaves)
     elif to == "numpy":
         n_opts = normalize_to_numpy(options.pop("dtype", None), options.pop("copy", None), interop)
         options.pop("non_blocking", None)

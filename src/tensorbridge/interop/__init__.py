@@ -13,13 +13,12 @@ No adapter imports its library: types are recognized through ``sys.modules`` (``
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
-from ..plan.core import ToNumpyOptions, ToTensorOptions
 from . import arrays, devices, layouts, pandas, sparse
 from .base import Adapter, Adopted
 
-__all__ = ["ADAPTERS", "Adopted", "adapter_for", "adopt_for_numpy", "adopt_for_tensor"]
+__all__ = ["ADAPTERS", "Adopted", "adapter_for"]
 
 ADAPTERS: Final[tuple[Adapter, ...]] = (
     layouts.ADAPTER,
@@ -36,13 +35,3 @@ def adapter_for(obj: object) -> Adapter | None:
         if adapter.claims(obj):
             return adapter
     return None
-
-
-def adopt_for_tensor(adapter: Adapter, obj: Any, opts: ToTensorOptions, path: str) -> Adopted:
-    """Adopt ``obj`` for ``to_tensor``."""
-    return adapter.to_tensor(obj, opts, path)
-
-
-def adopt_for_numpy(adapter: Adapter, obj: Any, opts: ToNumpyOptions, path: str) -> Adopted:
-    """Adopt ``obj`` for ``to_numpy``."""
-    return adapter.to_numpy(obj, opts, path)

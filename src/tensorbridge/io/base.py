@@ -12,7 +12,7 @@ of ``tensorbridge.ROWS`` travels through every format.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -105,9 +105,3 @@ def check_size(path: str, claimed: int, available: int, what: str) -> None:
     """Refuse a header that claims more bytes than the file holds (before allocating them)."""
     if claimed < 0 or claimed > available:
         raise bad_file(path, f"{what} claims {claimed} bytes but the file holds only {available}")
-
-
-def iter_loaded(entries: Iterable[Entry]) -> Iterator[tuple[Entry, np.ndarray[Any, Any]]]:
-    """Each entry with its data, loaded one at a time."""
-    for e in entries:
-        yield e, e.load()

@@ -16,16 +16,8 @@ __all__ = ["plan_to_numpy"]
 
 _LAYOUT_FIX: Final = {
     "sparse": (
-        "sparse tensors are not converted yet, and densifying silently could exhaust memory",
+        "this sparse layout has no SciPy counterpart, and densifying silently could exhaust memory",
         "Call t.to_dense() first if a dense array is what you want",
-    ),
-    "quantized": (
-        "quantized tensors need a choice between dequantized floats and integer codes",
-        "Call t.dequantize() for floats, or t.int_repr() with t.q_scale() and t.q_zero_point()",
-    ),
-    "nested": (
-        "nested (jagged) tensors have no single array shape",
-        "Call t.unbind() for a list of tensors, or t.to_padded_tensor(0.0)",
     ),
     "meta": (
         "meta tensors have a shape but no data",
@@ -37,10 +29,6 @@ _LAYOUT_FIX: Final = {
 def _layout_problem(t: torch.Tensor) -> str | None:
     if t.is_meta:
         return "meta"
-    if t.is_nested:
-        return "nested"
-    if t.is_quantized:
-        return "quantized"
     if t.layout != torch.strided:
         return "sparse"
     return None
