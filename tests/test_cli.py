@@ -89,12 +89,44 @@ def test_a_lone_tensor_round_trips(tmp_path: Path, suffix: str) -> None:
     assert isinstance(back, torch.Tensor) and back.dtype is torch.bfloat16 and torch.equal(back, t)
 
 
-def test_dtype_casts_every_array_checked(tmp_path: Path) -> None:
-    np.savez(tmp_path / "a.npz", w=np.array([0.1, 2.0]), i=np.array([1, 2]))
-    code, _, err = run("convert", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--dtype", "float32", "--quiet")
+def test_dtype_casts_floating_point_arrays_only(tmp_path: Path) -> None:
+    # As nn.Module.to(dtype) and Hugging Face loaders: position ids stay int64 (257 must not become 256).
+    np.savez(
+        tmp_path / "a.npz",
+        w=np.array([0.1, 2.0]),
+        position_ids=np.array([257, 1]),
+        mask=np.array([True, False]),
+        c=np.array([1 + 2j]),
+        h=np.array([1.5], np.float16),
+    )
+    code, out, err = run("convert", str(tmp_path / "a.npz"), str(tmp_path / "b.safetensors"), "--dtype", "bfloat16")
     assert code == 0, err
-    entries = format_for(str(tmp_path / "b.npz")).read(str(tmp_path / "b.npz")).entries
-    assert {e.name: e.dtype for e in entries} == {"w": np.dtype(np.float32), "i": np.dtype(np.float32)}
+    assert "2 cast to bfloat16, 3 kept" in out, out
+    entries = {e.name: e for e in format_for(str(tmp_path / "b.safetensors")).read(str(tmp_path / "b.safetensors")).entries}
+    assert {n: e.dtype.name for n, e in entries.items()} == {
+        "w": "bfloat16",
+        "position_ids": "int64",
+        "mask": "bool",
+        "c": "complex128",
+        "h": "bfloat16",
+    }
+    assert entries["position_ids"].load().tolist() == [257, 1]
+    assert entries["w"].load().astype(np.float32).tolist() == [np.float32(0.10009765625), 2.0]
+
+
+def test_dtype_must_be_floating_point(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a.npz", w=np.array([0.5]))
+    for bad in ("int8", "bool", "complex64"):
+        code, _, err = run("convert", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--dtype", bad)
+        assert code == 2 and "not a floating-point dtype" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz"]
+
+
+def test_dtype_help_says_floating_point_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run("convert", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "cast floating-point tensors" in text and "integer, bool and complex tensors are kept" in text
 
 
 def test_an_existing_destination_is_kept_unless_forced(tmp_path: Path) -> None:
@@ -108,9 +140,9 @@ def test_an_existing_destination_is_kept_unless_forced(tmp_path: Path) -> None:
 
 
 def test_a_failed_conversion_leaves_no_file_behind(tmp_path: Path) -> None:
-    np.savez(tmp_path / "a.npz", ok=np.ones(3), bad=np.array([1.0, 300.0]))
-    code, _, err = run("convert", str(tmp_path / "a.npz"), str(tmp_path / "b.safetensors"), "--dtype", "uint8")
-    assert code == 2 and "300" in err and err.count("\n") == 1, err
+    np.savez(tmp_path / "a.npz", ok=np.ones(3), bad=np.array([1.0, 1e6]))
+    code, _, err = run("convert", str(tmp_path / "a.npz"), str(tmp_path / "b.safetensors"), "--dtype", "float16")
+    assert code == 2 and "bad" in err and "float16" in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz"], "no DST, no temporary file"
 
 

@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert SRC to DST, one tensor at a time")
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--dtype", help="cast every array (checked: values that do not fit are an error)")
+    c.add_argument(
+        "--dtype",
+        help="cast floating-point tensors to this floating-point dtype, rounding once to nearest (a value that "
+        "would become inf/NaN is an error); integer, bool and complex tensors are kept, as nn.Module.to(dtype) does",
+    )
     c.add_argument("--only", action="append", metavar="PATTERN", help="keep matching names (wildcards; repeatable)")
     c.add_argument("--verify", action="store_true", help="read DST back and compare it bit for bit")
     c.add_argument("--force", action="store_true", help="replace DST if it exists")
@@ -112,7 +116,8 @@ def _convert(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if not args.quiet:
         checked = ", verified bit for bit" if report.verified else ""
         size = _size(report.nbytes)
-        out.write(f"{report.source} -> {report.destination}: {report.entries} arrays, {size}{checked}\n")
+        cast = f", {report.cast} cast to {report.dtype}, {report.kept} kept" if report.dtype is not None else ""
+        out.write(f"{report.source} -> {report.destination}: {report.entries} arrays, {size}{cast}{checked}\n")
     return EXIT_OK
 
 

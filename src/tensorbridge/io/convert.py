@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import numpy_dtype
-from ..errors import ConversionError, StructureError
+from ..dtypes import numpy_dtype, row_for_numpy
+from ..errors import ConversionError, StructureError, UnsupportedError
 from . import format_for, structure
 from .base import Archive, Entry
 
@@ -45,6 +45,12 @@ class ConvertReport:
     entries: int
     nbytes: int
     verified: bool
+    cast: int = 0
+    """How many floating-point entries ``dtype=`` cast (0 without ``dtype=``)."""
+    kept: int = 0
+    """How many entries ``dtype=`` left as they were (integer, bool and complex ones)."""
+    dtype: str | None = None
+    """The dtype floating-point entries were cast to, if any."""
 
 
 def _select(archive: Archive, only: Sequence[str] | None, path: str) -> tuple[list[Entry], Any]:
@@ -61,10 +67,28 @@ def _select(archive: Archive, only: Sequence[str] | None, path: str) -> tuple[li
     return kept, structure.prune(archive.structure, {e.name for e in kept})
 
 
-def _cast(entries: list[Entry], dtype: object) -> list[Entry]:
-    from ..api import to_numpy
+def _is_floating(dt: np.dtype[Any]) -> bool:
+    """Real floating point: NumPy's float kinds and the table's others (bfloat16, the float8 kinds)."""
+    row = row_for_numpy(dt)
+    return dt.kind == "f" or (row is not None and row.torch.is_floating_point)
 
+
+def _floating_target(dtype: object, path: str) -> np.dtype[Any]:
     target = numpy_dtype(dtype)
+    if not _is_floating(target):
+        raise UnsupportedError(
+            "convert",
+            path,
+            f"--dtype {target} is not a floating-point dtype; --dtype casts floating-point tensors only "
+            "(as nn.Module.to(dtype) does), keeping integer, bool and complex ones",
+            "Pass a floating-point dtype such as float32, float16 or bfloat16",
+        )
+    return target
+
+
+def _cast(entries: list[Entry], target: np.dtype[Any]) -> list[Entry]:
+    """Cast the floating-point entries to ``target``; integer, bool and complex entries are kept as they are."""
+    from ..api import to_numpy
 
     def loader(e: Entry) -> Callable[[], np.ndarray[Any, Any]]:
         def load() -> np.ndarray[Any, Any]:
@@ -74,7 +98,7 @@ def _cast(entries: list[Entry], dtype: object) -> list[Entry]:
 
         return load
 
-    return [Entry(e.name, target, e.shape, loader(e)) for e in entries]
+    return [Entry(e.name, target, e.shape, loader(e)) if _is_floating(e.dtype) else e for e in entries]
 
 
 def _reporting(entries: list[Entry], progress: Progress | None) -> list[Entry]:
@@ -128,7 +152,10 @@ def convert(
         dst: the file to write; its format comes from its suffix unless ``dst_format`` says.
         src_format: the source format name, if its suffix does not say it.
         dst_format: the destination format name, likewise.
-        dtype: cast every array to this dtype (checked: values that do not fit raise).
+        dtype: cast every floating-point array to this floating-point dtype (checked: values that
+            rounding would turn into inf/NaN raise); integer, bool and complex arrays are kept, as
+            ``nn.Module.to(dtype)`` and Hugging Face loaders keep them. A dtype that is not
+            floating point raises.
         only: keep only arrays whose dotted names match one of these shell patterns.
         verify: read the written file back and compare it bit for bit before renaming it.
         force: replace an existing ``dst``.
@@ -146,20 +173,25 @@ def convert(
         1
     """
     src_fmt, dst_fmt = format_for(src, src_format), format_for(dst, dst_format)
+    target = None if dtype is None else _floating_target(dtype, src)
     if os.path.exists(dst) and not force:
         raise StructureError(
             "convert", dst, "the destination exists", "Pass --force to replace it, or pick another name"
         )
     archive = src_fmt.read(src)
     entries, nesting = _select(archive, only, src)
-    if dtype is not None:
-        entries = _cast(entries, dtype)
+    cast = 0
+    if target is not None:
+        cast = sum(_is_floating(e.dtype) for e in entries)
+        entries = _cast(entries, target)
     with _temporary_beside(dst) as tmp:
         dst_fmt.write(tmp, _reporting(entries, progress), nesting, dict(archive.extra))
         if verify:
             _verify(tmp, dst_fmt.name, entries, dst)
         os.replace(tmp, dst)
-    return ConvertReport(src, dst, len(entries), sum(e.nbytes for e in entries), verify)
+    total = sum(e.nbytes for e in entries)
+    kept = len(entries) - cast if target is not None else 0
+    return ConvertReport(src, dst, len(entries), total, verify, cast, kept, None if target is None else target.name)
 
 
 def _bits(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
