@@ -102,7 +102,9 @@ def test_dtype_casts_floating_point_arrays_only(tmp_path: Path) -> None:
     code, out, err = run("convert", str(tmp_path / "a.npz"), str(tmp_path / "b.safetensors"), "--dtype", "bfloat16")
     assert code == 0, err
     assert "2 cast to bfloat16, 3 kept" in out, out
-    entries = {e.name: e for e in format_for(str(tmp_path / "b.safetensors")).read(str(tmp_path / "b.safetensors")).entries}
+    entries = {
+        e.name: e for e in format_for(str(tmp_path / "b.safetensors")).read(str(tmp_path / "b.safetensors")).entries
+    }
     assert {n: e.dtype.name for n, e in entries.items()} == {
         "w": "bfloat16",
         "position_ids": "int64",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from .plan import (
     plan_to_numpy,
     plan_to_tensor,
 )
+from .plan.dtype_map import leaf_dtype
 
 __all__ = ["is_leaf", "plan_leaf_to_numpy", "plan_leaf_to_tensor"]
 
@@ -46,9 +47,13 @@ def _plain_tensor(t: torch.Tensor) -> bool:
 
 
 def is_leaf(x: object) -> bool:
-    """Whether ``x`` converts (containers are walked, everything else passes through)."""
+    """Whether ``x`` converts (containers are walked, everything else passes through).
+
+    A ``np.str_`` is a string, as ``str`` is (a file name in a batch): it passes through. A
+    ``np.bytes_`` is ``bytes`` (its subclass) and converts as ``bytes`` does, to uint8.
+    """
     if isinstance(x, (_ndarray, _generic, _Tensor)):
-        return True
+        return not isinstance(x, np.str_)
     return type(x) not in _INERT and adapter_for(x) is not None
 
 
@@ -106,12 +111,30 @@ def _adopted_plan(
     return Plan(path, lambda: (source, inner.target), (got.step, *inner.steps))
 
 
+_Options = TypeVar("_Options", ToTensorOptions, ToNumpyOptions)
+
+
+def _for_leaf(opts: _Options, x: Any) -> _Options:
+    """Resolve a ``dtype=`` mapping for this leaf: its target, or no cast when its dtype is not a key.
+
+    A leaf with no dtype of its own (a buffer, a DataFrame) keeps the mapping: it is resolved
+    against the dtype of what the leaf is adopted as.
+    """
+    if opts.dtype_map is None:
+        return opts
+    source = leaf_dtype(x)
+    if source is None:
+        return opts
+    return dataclasses.replace(opts, dtype=opts.dtype_map.target(source), dtype_map=None)
+
+
 def plan_leaf_to_tensor(x: Any, opts: ToTensorOptions, path: str) -> Plan:
     """Plan ``to_tensor`` for one leaf of any kind."""
+    opts = _for_leaf(opts, x)
     if isinstance(x, _Tensor):
         if _plain_tensor(x):
             return plan_tensor_to_tensor(x, opts, path)
-    elif isinstance(x, (_ndarray, _generic)):
+    elif isinstance(x, (_ndarray, _generic)) and not isinstance(x, np.bytes_):
         return plan_to_tensor(x, opts, path)
     adapter = adapter_for(x)
     if adapter is None:  # a special tensor no adapter claims: the planner's own rules and errors
@@ -122,6 +145,7 @@ def plan_leaf_to_tensor(x: Any, opts: ToTensorOptions, path: str) -> Plan:
 
 
 def _next_tensor(v: Any, opts: ToTensorOptions, copy: bool | None, path: str) -> Plan:
+    opts = _for_leaf(opts, v)
     if copy != opts.copy:
         opts = dataclasses.replace(opts, copy=copy)
     if isinstance(v, _Tensor):
@@ -129,12 +153,18 @@ def _next_tensor(v: Any, opts: ToTensorOptions, copy: bool | None, path: str) ->
     return plan_to_tensor(v, opts, path)
 
 
+def _next_numpy(v: Any, opts: ToNumpyOptions, copy: bool | None, path: str) -> Plan:
+    opts = _for_leaf(opts, v)
+    return plan_to_numpy(v, opts if copy == opts.copy else dataclasses.replace(opts, copy=copy), path)
+
+
 def plan_leaf_to_numpy(x: Any, opts: ToNumpyOptions, path: str) -> Plan:
     """Plan ``to_numpy`` for one leaf of any kind."""
+    opts = _for_leaf(opts, x)
     if isinstance(x, _Tensor):
         if _plain_tensor(x):
             return plan_to_numpy(x, opts, path)
-    elif isinstance(x, (_ndarray, _generic)):
+    elif isinstance(x, (_ndarray, _generic)) and not isinstance(x, np.bytes_):
         return plan_to_numpy(x, opts, path)
     adapter = adapter_for(x)
     if adapter is None:
@@ -144,5 +174,5 @@ def plan_leaf_to_numpy(x: Any, opts: ToNumpyOptions, path: str) -> Plan:
         path,
         opts.copy,
         lambda: adapter.to_numpy(x, opts, path),
-        lambda v, c: plan_to_numpy(v, opts if c == opts.copy else dataclasses.replace(opts, copy=c), path),
+        lambda v, c: _next_numpy(v, opts, c, path),
     )

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..dtypes import row_for_torch
+from ..plan.core import may_overlap
 
 __all__ = ["host_copy", "host_empty"]
 
@@ -37,8 +38,9 @@ def host_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 def host_copy(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Copy (and cast, unchecked) a CPU tensor into fresh memory; C order unless strides are kept free."""
     dtype = t.dtype if dtype is None else dtype
-    if not t.is_contiguous():
-        # Keep the input's layout (a transposed view stays transposed), as torch's clone does.
+    if not t.is_contiguous() and not may_overlap(tuple(t.shape), t.stride(), 1):
+        # Keep the input's layout (a transposed view stays transposed), as torch's clone does;
+        # overlapping layouts (an expand) get C order, where torch would sort the zero strides first.
         return t.to(dtype, copy=True) if dtype != t.dtype else t.clone()
     out = host_empty(tuple(t.shape), dtype)
     out.copy_(t)

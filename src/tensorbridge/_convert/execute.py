@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ import torch
 from ..dtypes import DtypeRow
 from ..errors import ConversionError, DeviceError, OutOfMemoryError, UnsupportedError
 from ..plan import Plan, Step
+from ..plan.core import may_overlap
 from ..plan.transfer import Transfer
 from .alloc import host_copy, host_empty
 from .cast import cast_array, cast_tensor
@@ -43,9 +44,14 @@ def _compact(a: np.ndarray[Any, Any], step: Step, path: str) -> np.ndarray[Any, 
     return a[tuple(slice(0, 1) if st == 0 else slice(None) for st in a.strides)]
 
 
+def _order(a: np.ndarray[Any, Any]) -> Literal["K", "C"]:
+    # "K" keeps the input's axis order (a Fortran array stays Fortran) with positive strides; an
+    # overlapping layout (a broadcast) gets C order, where "K" would sort its zero strides first.
+    return "C" if may_overlap(a.shape, a.strides, a.itemsize) else "K"
+
+
 def _numpy_copy(a: np.ndarray[Any, Any], step: Step, path: str) -> np.ndarray[Any, Any]:
-    # order="K" keeps the input's axis order (a Fortran array stays Fortran) with positive strides.
-    return np.array(a, dtype=a.dtype.newbyteorder("="), order="K", copy=True)
+    return np.array(a, dtype=a.dtype.newbyteorder("="), order=_order(a), copy=True)
 
 
 def _expand(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
@@ -116,8 +122,8 @@ def _clone(x: Leaf, step: Step, path: str) -> Leaf:
     if isinstance(x, torch.Tensor):
         return host_copy(x) if x.device.type == "cpu" else x.clone()
     if isinstance(x, np.ma.MaskedArray):
-        return x.copy(order="K")  # data and mask both copied; np.array would drop the mask
-    return np.array(x, order="K", copy=True)
+        return x.copy(order=_order(x))  # data and mask both copied; np.array would drop the mask
+    return np.array(x, order=_order(x), copy=True)
 
 
 def _requires_grad(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Final, Literal
@@ -12,6 +12,7 @@ import torch
 
 from ..dtypes import numpy_dtype, row_for_torch, torch_dtype
 from ..errors import ConversionError, CopyRefusedError, DeviceError, UnsupportedError
+from .dtype_map import DtypeMap, normalize_dtype_map
 
 __all__ = [
     "COPYING",
@@ -24,6 +25,8 @@ __all__ = [
     "ToTensorOptions",
     "describe_array",
     "describe_tensor",
+    "finish_copies",
+    "may_overlap",
     "normalize_interop",
 ]
 
@@ -125,6 +128,8 @@ class ToTensorOptions:
     requires_grad: bool = False
     pin_memory: bool = False
     interop: InteropOptions = DEFAULT_INTEROP
+    dtype_map: DtypeMap[torch.dtype] | None = None
+    """``dtype=`` as a mapping; resolved per leaf into ``dtype`` before the leaf is planned."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,8 @@ class ToNumpyOptions:
     dtype: np.dtype[Any] | None = None
     copy: bool | None = None
     interop: InteropOptions = DEFAULT_INTEROP
+    dtype_map: DtypeMap[np.dtype[Any]] | None = None
+    """``dtype=`` as a mapping; resolved per leaf into ``dtype`` before the leaf is planned."""
 
 
 @dataclass(frozen=True)
@@ -215,17 +222,40 @@ def describe_tensor(t: torch.Tensor) -> str:
     return f"{type(t).__name__} {' '.join(bits[:1])} {', '.join(bits[1:])}"
 
 
-def finish_copies(steps: list[Step], copy: bool | None, what: str, path: str) -> None:
+def finish_copies(steps: list[Step], copy: bool | None, what: str, path: str, own_memory: str = "") -> None:
+    """Refuse the copies ``copy=False`` forbids; add the copy ``copy=True`` (or ``own_memory``) needs.
+
+    ``own_memory`` says why the result must be fresh memory even with ``copy=None`` (a leaf
+    that requires grad over overlapping memory, say); every copying step gives each element its
+    own memory.
+    """
     copies = [s for s in steps if s.kind in COPYING]
-    if copy is False and copies:
+    if copy is False and (copies or own_memory):
+        reasons = [str(s) for s in copies] or [own_memory]
         raise CopyRefusedError(
             what,
             path,
-            "copy=False, but the conversion must copy: " + "; ".join(str(s) for s in copies),
+            "copy=False, but the conversion must copy: " + "; ".join(reasons),
             "Pass copy=None to allow the copy, or fix the input's layout first",
         )
-    if copy is True and not copies:
-        steps.append(Step("clone", "copy=True asks for fresh memory"))
+    if not copies and (copy is True or own_memory):
+        steps.append(Step("clone", "copy=True asks for fresh memory" if copy is True else own_memory))
+
+
+def may_overlap(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> bool:
+    """Whether two elements of a layout may share memory (broadcasts, ``as_strided`` overlaps).
+
+    ``False`` is a proof of the opposite: sorted by stride, each axis steps past everything
+    the smaller axes span. ``strides`` and ``itemsize`` share a unit (bytes or elements).
+    """
+    if 0 in shape:
+        return False
+    extent = itemsize
+    for stride, n in sorted((abs(st), n) for st, n in zip(strides, shape, strict=True) if n > 1):
+        if stride < extent:
+            return True
+        extent += stride * (n - 1)
+    return False
 
 
 def normalize_interop(
@@ -266,14 +296,10 @@ def normalize_to_tensor(
     interop: InteropOptions = DEFAULT_INTEROP,
 ) -> ToTensorOptions:
     """Validate and normalize ``to_tensor``'s options."""
-    tdt = None if dtype is None else torch_dtype(dtype)
-    if tdt is not None and row_for_torch(tdt) is None:
-        raise UnsupportedError(
-            "to_tensor",
-            "dtype",
-            f"{tdt} cannot be produced from NumPy data",
-            "Convert to a plain dtype first, then use torch's own API (e.g. quantize_per_tensor)",
-        )
+    if isinstance(dtype, Mapping):
+        tdt, tmap = None, normalize_dtype_map(dtype, "to_tensor", _tensor_target)
+    else:
+        tdt, tmap = (None if dtype is None else _tensor_target(dtype)), None
     try:
         dev = None if device is None else torch.device(device)  # type: ignore[call-overload]
     except (RuntimeError, TypeError) as err:
@@ -287,7 +313,19 @@ def normalize_to_tensor(
         raise UnsupportedError(
             "to_tensor", "copy", f"copy must be None, True or False, not {copy!r}", "Pass one of those"
         )
-    return ToTensorOptions(tdt, dev, copy, bool(requires_grad), bool(pin_memory), interop)
+    return ToTensorOptions(tdt, dev, copy, bool(requires_grad), bool(pin_memory), interop, tmap)
+
+
+def _tensor_target(dtype: object) -> torch.dtype:
+    tdt = torch_dtype(dtype)
+    if row_for_torch(tdt) is None:
+        raise UnsupportedError(
+            "to_tensor",
+            "dtype",
+            f"{tdt} cannot be produced from NumPy data",
+            "Convert to a plain dtype first, then use torch's own API (e.g. quantize_per_tensor)",
+        )
+    return tdt
 
 
 def normalize_to_numpy(dtype: object, copy: bool | None, interop: InteropOptions = DEFAULT_INTEROP) -> ToNumpyOptions:
@@ -296,4 +334,6 @@ def normalize_to_numpy(dtype: object, copy: bool | None, interop: InteropOptions
         raise UnsupportedError(
             "to_numpy", "copy", f"copy must be None, True or False, not {copy!r}", "Pass one of those"
         )
+    if isinstance(dtype, Mapping):
+        return ToNumpyOptions(None, copy, interop, normalize_dtype_map(dtype, "to_numpy", numpy_dtype))
     return ToNumpyOptions(None if dtype is None else numpy_dtype(dtype), copy, interop)

@@ -11,7 +11,7 @@ import torch
 from ..devices import backend_for
 from ..dtypes import is_ml_dtype, row_for_numpy, row_for_torch
 from ..errors import ConversionError, UnsupportedError
-from .core import COPYING, Plan, Step, ToTensorOptions, describe_array, describe_tensor, finish_copies
+from .core import COPYING, Plan, Step, ToTensorOptions, describe_array, describe_tensor, finish_copies, may_overlap
 from .transfer import device_steps, needs_device, resolve_device
 
 __all__ = ["plan_tensor_to_tensor", "plan_to_tensor"]
@@ -94,7 +94,12 @@ def _steps_to_tensor(
     if fresh:
         steps.append(Step("scalar", "a NumPy scalar has no shareable memory"))
     arr = np.asarray(leaf)
-    broadcast = arr.size > 0 and any(st == 0 and n > 1 for st, n in zip(arr.strides, arr.shape, strict=True))
+    # copy=True and requires_grad=True mean every element is its own memory (NumPy 2's copy):
+    # only copy=None may keep a broadcast's zero strides.
+    own = opts.copy is True or opts.requires_grad
+    broadcast = (
+        not own and arr.size > 0 and any(st == 0 and n > 1 for st, n in zip(arr.strides, arr.shape, strict=True))
+    )
     if broadcast:
         # A broadcast's zero strides are kept: every step below (copy, cast, move) sees only
         # the distinct values, and "expand" restores the shape as a view at the end.
@@ -156,12 +161,16 @@ def _steps_to_tensor(
     )
     if cast is not None and cast_after:
         steps.append(cast)
-    finish_copies(steps, opts.copy, "to_tensor", path)
+    overlaps = opts.requires_grad and not broadcast and may_overlap(arr.shape, arr.strides, dt.itemsize)
+    finish_copies(steps, opts.copy, "to_tensor", path, _GRAD_OWN_MEMORY if overlaps else "")
     if broadcast:
         steps.append(Step("expand", f"back to shape {np.shape(leaf)} with zero strides", np.shape(leaf)))
     if opts.requires_grad:
         steps.append(_grad_step(target, path, "a leaf tensor that records operations"))
     return steps, target
+
+
+_GRAD_OWN_MEMORY: Final = "requires_grad=True: elements of the input share memory, and a leaf must own each one"
 
 
 def _pinned(a: np.ndarray[Any, Any]) -> bool:
@@ -221,7 +230,13 @@ def plan_tensor_to_tensor(t: torch.Tensor, opts: ToTensorOptions, path: str) -> 
         )
         if cast is not None and cast_after:
             steps.append(cast)
-        finish_copies(steps, opts.copy, "to_tensor", path)
+        own = ""
+        if opts.requires_grad and not t.requires_grad:
+            if t.is_inference():
+                own = "requires_grad=True: an inference-mode tensor cannot record operations; the new leaf is a copy"
+            elif may_overlap(tuple(t.shape), t.stride(), 1):
+                own = _GRAD_OWN_MEMORY
+        finish_copies(steps, opts.copy, "to_tensor", path, own)
         if opts.requires_grad and not t.requires_grad:
             steps.append(_grad_step(target, path, "a new leaf tensor; the input is not modified"))
     except ConversionError as err:
