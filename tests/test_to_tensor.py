@@ -540,11 +540,29 @@ def test_stack_makes_one_tensor_from_mixed_items() -> None:
     assert tb.stack([np.ones(2), np.ones(2, np.float32)], dtype=torch.float32).dtype is torch.float32
 
 
+def test_a_ragged_object_array_suggests_a_fix_that_works_for_ragged_data() -> None:
+    a = np.empty(2, object)
+    a[0], a[1] = np.ones(2), np.ones(3)
+    with pytest.raises(tb.UnsupportedError, match=r"different shapes \(\(2,\), \(3,\)\) is ragged") as info:
+        tb.to_tensor(a)
+    assert "tb.nested_tensor" in str(info.value) and "tolist()" not in str(info.value)
+    nested = tb.nested_tensor(list(a))  # the suggested fix works
+    assert [c.tolist() for c in nested.unbind()] == [[1.0, 1.0], [1.0, 1.0, 1.0]]
+    with pytest.raises(tb.UnsupportedError, match="is ragged"):
+        tb.to_tensor({"x": np.array([[1, 2], [3]], dtype=object)})
+    same = np.empty(2, object)
+    same[0], same[1] = np.ones(2), np.zeros(2)
+    with pytest.raises(tb.UnsupportedError, match=r"np.asarray\(a.tolist\(\)"):
+        tb.to_tensor(same)  # not ragged: building a numeric array works
+
+
 def test_stack_refuses_mismatches_by_index() -> None:
-    with pytest.raises(tb.StructureError, match=r"data\[2\].*shape \(3,\)"):
+    with pytest.raises(tb.StructureError, match=r"data\[2\].*shape \(3,\)") as info:
         tb.stack([np.ones(2), np.ones(2), np.ones(3)])
-    with pytest.raises(tb.StructureError, match=r"data\[1\].*dtype torch.float32"):
+    assert "dtype=" not in str(info.value) and "tb.nested_tensor" in str(info.value)  # a cast cannot fix a shape
+    with pytest.raises(tb.StructureError, match=r"data\[1\]: dtype float32 differs from data\[0\]'s float64") as info:
         tb.stack([np.ones(2), np.ones(2, np.float32)])  # no silent promotion
+    assert "Pass dtype=" in str(info.value)
     with pytest.raises(tb.UnsupportedError, match=r"data\[1\]: str is not an array"):
         tb.stack([np.ones(2), "x"])
     with pytest.raises(tb.StructureError, match="no items"):

@@ -78,10 +78,18 @@ def _stack_mismatch(items: list[Any], tensors: list[Any]) -> None:
                 f"{type(items[i]).__name__} is not an array or tensor",
                 "Pass NumPy arrays, NumPy scalars or tensors",
             )
-        if t.shape != first.shape or t.dtype != first.dtype:
+        if t.shape != first.shape:
             raise StructureError(
                 "stack",
                 f"data[{i}]",
-                f"shape {tuple(t.shape)} dtype {t.dtype} differs from data[0] ({tuple(first.shape)} {first.dtype})",
-                "Resize the items to one shape, or pass dtype= to cast them all",
+                f"shape {tuple(t.shape)} differs from data[0]'s shape {tuple(first.shape)}",
+                "Pad or resize the items to one shape, or use tb.nested_tensor for ragged items",
+            )
+        if t.dtype != first.dtype:
+            raise StructureError(
+                "stack",
+                f"data[{i}]",
+                f"dtype {str(t.dtype).removeprefix('torch.')} differs from data[0]'s "
+                f"{str(first.dtype).removeprefix('torch.')}",
+                "Pass dtype= to cast them all (checked), e.g. dtype=torch.float32",
             )

@@ -144,13 +144,20 @@ def to_tensor(
 
     Args:
         data: an array, NumPy scalar, tensor, or a container of them.
-        dtype: any spelling :func:`torch_dtype` accepts. A cast that would change a value
-            beyond rounding (300 -> uint8, NaN -> int, 1e300 -> float32) raises.
+        dtype: any spelling :func:`torch_dtype` accepts, or a mapping from source dtype to
+            target (``{np.float64: torch.float32}``): then only leaves whose dtype is a key are
+            cast, the others convert as they are. Casts round once, to the nearest value; one
+            that would change a value beyond that (300 -> uint8, NaN -> int, 1e300 -> float32)
+            raises.
         device: anything ``torch.device`` accepts.
-        copy: ``None`` shares memory when it can; ``True`` always returns fresh memory;
-            ``False`` never copies and raises when a copy is needed. With ``copy=False`` a
-            read-only array is shared as it is: writing to that tensor is undefined.
+        copy: ``None`` shares memory when it can (a broadcast may keep its zero strides);
+            ``True`` always returns fresh memory in which every element is its own (NumPy 2's
+            meaning: a broadcast or overlapping view is materialized); ``False`` never copies
+            and raises when a copy is needed. With ``copy=False`` a read-only array is shared
+            as it is: writing to that tensor is undefined.
         requires_grad: make each result a leaf tensor that requires grad (float/complex only).
+            A leaf owns each element, so overlapping memory (a broadcast, an expanded tensor)
+            and inference-mode tensors are copied first; plain layouts are still shared.
         pin_memory: put CPU results in page-locked memory (needs CUDA).
         non_blocking: for device moves. ``None`` (default): every copy is queued at once and
             the call synchronizes once at the end; ``False``: the same guarantee, with each
@@ -171,7 +178,8 @@ def to_tensor(
         (see ``explain()``).
 
     Raises:
-        UnsupportedError: (TypeError) a dtype or type torch cannot hold, a masked array.
+        UnsupportedError: (TypeError) a dtype or type torch cannot hold, a masked array, a
+            bad ``dtype=`` mapping, an ``nn.Module`` (pass ``model.state_dict()``).
         CopyRefusedError: (ValueError) ``copy=False`` but a copy is needed.
         ValueRangeError: (ValueError) a cast would change values.
         DeviceError: (RuntimeError) a device or pinned-memory problem.
@@ -361,16 +369,20 @@ def to_numpy(
     CPU tensors share memory with the arrays returned (tensors that require grad and
     Parameters too: they are detached, not copied); bfloat16 and float8 become ``ml_dtypes``
     arrays, bit-exact and zero-copy. Tensors on other devices are brought to the host;
-    conjugate and negative bits are resolved; complex32 becomes complex64. Sparse, quantized,
-    nested and meta tensors raise a clear error instead of half-converting. NumPy arrays are
-    returned unchanged (NumPy scalars become 0-d arrays) unless ``dtype``/``copy`` ask.
+    conjugate and negative bits are resolved; complex32 becomes complex64. Sparse tensors
+    become SciPy sparse arrays (``dense=True`` densifies), nested tensors a list of arrays,
+    quantized tensors what ``quantized=`` asks for; meta tensors raise. NumPy arrays are
+    returned unchanged (NumPy scalars become 0-d arrays; ``np.str_`` stays a string) unless
+    ``dtype``/``copy`` ask.
 
     Args:
         data: a tensor, array, NumPy scalar, or a container of them.
-        dtype: any spelling :func:`numpy_dtype` accepts; casts that would change a value
-            beyond rounding raise.
-        copy: ``None`` shares when it can, ``True`` always copies, ``False`` raises when a copy
-            is needed.
+        dtype: any spelling :func:`numpy_dtype` accepts, or a mapping from source dtype to
+            target (``{torch.bfloat16: np.float32}``) that casts only the leaves whose dtype
+            is a key. Casts round once, to the nearest value; one that would change a value
+            beyond that raises.
+        copy: ``None`` shares when it can, ``True`` always copies into memory where every
+            element is its own, ``False`` raises when a copy is needed.
         non_blocking: accepted for symmetry with :func:`to_tensor`; an array is never handed
             out before its bytes have arrived, so every mode waits for the copies (all of a
             call's copies are queued first, then waited for together).
@@ -387,7 +399,8 @@ def to_numpy(
         copy; each packed group's arrays are views of one host allocation.
 
     Raises:
-        UnsupportedError: (TypeError) sparse, quantized, nested, meta tensors; dtypes NumPy lacks.
+        UnsupportedError: (TypeError) meta tensors, quantized tensors without ``quantized=``,
+            sparse layouts SciPy lacks, dtypes NumPy lacks, an ``nn.Module``.
         CopyRefusedError: (ValueError) ``copy=False`` but a copy is needed.
         ValueRangeError: (ValueError) a cast would change values.
 

@@ -37,7 +37,31 @@ def _castable(dt: np.dtype[Any]) -> bool:
     return dt.kind in "biufc" or (is_ml_dtype(dt) and dt.kind == "V")
 
 
-def _dtype_error(dt: np.dtype[Any], path: str) -> UnsupportedError:
+def _ragged(a: np.ndarray[Any, Any]) -> tuple[tuple[int, ...], ...] | None:
+    """The differing shapes of an object array's items, if it holds arrays or lists of several shapes."""
+    shapes: list[tuple[int, ...]] = []
+    for item in a.flat[:_RAGGED_PROBE]:
+        if not isinstance(item, (np.ndarray, list, tuple, torch.Tensor)):
+            return None
+        shape = tuple(item.shape) if isinstance(item, (np.ndarray, torch.Tensor)) else (len(item),)
+        if shape not in shapes:
+            shapes.append(shape)
+    return tuple(shapes) if len(shapes) > 1 else None
+
+
+# Object arrays are only looked into this far to tell ragged data from other objects.
+_RAGGED_PROBE: Final = 64
+
+
+def _dtype_error(dt: np.dtype[Any], path: str, a: np.ndarray[Any, Any] | None = None) -> UnsupportedError:
+    if dt.kind == "O" and a is not None and (shapes := _ragged(a)) is not None:
+        listed = ", ".join(str(s) for s in shapes[:4])
+        return UnsupportedError(
+            "to_tensor",
+            path,
+            f"an object array of items with different shapes ({listed}) is ragged: one tensor cannot hold it",
+            "Use tb.nested_tensor(list(a)) for a nested tensor, or pad the items to one shape first",
+        )
     if is_ml_dtype(dt):
         fix = "Pass dtype=torch.float32 (it holds every value of the small float kinds exactly)"
         if _castable(dt):
@@ -112,7 +136,7 @@ def _steps_to_tensor(
     readonly = False
     if row is None:
         if opts.dtype is None or not _castable(dt):
-            raise _dtype_error(dt, path)
+            raise _dtype_error(dt, path, arr)
         # An explicit dtype for a type torch lacks (longdouble): NumPy does the checked cast.
         row = row_for_torch(opts.dtype)
         assert row is not None
