@@ -4,6 +4,7 @@ import collections
 import dataclasses
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import attrs
@@ -142,13 +143,35 @@ def test_register_container() -> None:
         tb.register_container("not a type", len, len)  # type: ignore[arg-type]
 
 
+class PickyView(Mapping[str, Any]):
+    """An immutable mapping whose constructor wants other arguments: nothing to refill, no way to build."""
+
+    def __init__(self, required: int, data: Any = None) -> None:
+        self._data = dict(data or {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
 def test_unrebuildable_mapping_is_a_structure_error() -> None:
+    with pytest.raises(tb.StructureError, match="register_container"):
+        tb.to_tensor(PickyView(1, {"a": np.ones(1)}))
+
+
+def test_mutable_mapping_with_a_picky_constructor_is_refilled_not_rebuilt() -> None:
     class Picky(collections.UserDict[str, Any]):
         def __init__(self, required: int, data: Any = None) -> None:
             super().__init__(data or {})
+            self.required = required
 
-    with pytest.raises(tb.StructureError, match="register_container"):
-        tb.to_tensor(Picky(1, {"a": np.ones(1)}))
+    out = tb.to_tensor(Picky(1, {"a": np.ones(1)}))
+    assert type(out) is Picky and out.required == 1 and isinstance(out["a"], torch.Tensor)
 
 
 def test_sets_and_strings_are_leaves_that_pass_through() -> None:
@@ -158,8 +181,8 @@ def test_sets_and_strings_are_leaves_that_pass_through() -> None:
 
 def test_import_loads_no_optional_framework() -> None:
     code = (
-        "import sys, tensorbridge; bad = [m for m in ('attrs', 'jax', 'pandas', 'scipy', 'cupy') "
-        "if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+        "import sys, tensorbridge; optional = ('attrs', 'jax', 'pandas', 'scipy', 'cupy', 'optree', 'tensordict'); "
+        "bad = [m for m in optional if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -24,7 +24,7 @@ from .errors import (
 from .interop.nested import nested_tensor
 from .interop.quantized import QuantizedArray
 from .transfers import PoolStats, TransferConfig, configure_transfers, release_pinned, transfer_stats
-from .tree import register_container
+from .tree import register_container, register_optree_namespace
 
 __version__ = "0.1.0"
 
@@ -47,6 +47,7 @@ __all__ = [
     "nested_tensor",
     "numpy_dtype",
     "register_container",
+    "register_optree_namespace",
     "release_pinned",
     "stack",
     "to_numpy",
