@@ -254,3 +254,29 @@ def test_numpy_str_passes_through_like_str(convert: Any) -> None:
 def test_numpy_bytes_converts_like_bytes(convert: Any) -> None:
     got = convert({"a": np.bytes_(b"abc"), "b": b"abc"})
     assert got["a"].dtype == got["b"].dtype and got["a"].tolist() == got["b"].tolist() == [97, 98, 99]
+
+
+# --- requires_grad=True always gives a leaf that requires grad --------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"copy": True}, {"dtype": torch.float16}, {"dtype": torch.float64, "copy": True}]
+)
+def test_requires_grad_gives_a_leaf_whatever_else_changes(kwargs: dict[str, Any]) -> None:
+    p = torch.nn.Parameter(torch.ones(2))
+    out = tb.to_tensor(p, requires_grad=True, **kwargs)
+    assert out.requires_grad and out.is_leaf
+    assert (out is p) == (not kwargs)  # nothing asked of it: the parameter itself
+
+
+def test_an_intermediate_result_becomes_a_leaf_sharing_memory() -> None:
+    p = torch.nn.Parameter(torch.ones(2))
+    y = p * 2
+    out = tb.to_tensor(y, requires_grad=True)
+    assert out.is_leaf and out.requires_grad and out.data_ptr() == y.data_ptr() and y.grad_fn is not None
+
+
+def test_a_copy_of_a_tensor_that_requires_grad_comes_back_detached() -> None:
+    p = torch.nn.Parameter(torch.ones(2))
+    for out in (tb.to_tensor(p, copy=True), tb.to_tensor(p, dtype=torch.float16)):
+        assert not out.requires_grad and out.grad_fn is None and out.is_leaf

@@ -120,6 +120,7 @@ def _pin(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
 
 def _clone(x: Leaf, step: Step, path: str) -> Leaf:
     if isinstance(x, torch.Tensor):
+        x = x.detach()  # a copy is new data, not a step in the caller's graph (as every other copy)
         return host_copy(x) if x.device.type == "cpu" else x.clone()
     if isinstance(x, np.ma.MaskedArray):
         return x.copy(order=_order(x))  # data and mask both copied; np.array would drop the mask

@@ -254,15 +254,18 @@ def plan_tensor_to_tensor(t: torch.Tensor, opts: ToTensorOptions, path: str) -> 
         )
         if cast is not None and cast_after:
             steps.append(cast)
+        # A new leaf unless the input already is one that requires grad and nothing changes it:
+        # every copy comes back detached, and an intermediate result is not a leaf.
+        new_leaf = opts.requires_grad and (not t.requires_grad or not t.is_leaf)
         own = ""
-        if opts.requires_grad and not t.requires_grad:
-            if t.is_inference():
-                own = "requires_grad=True: an inference-mode tensor cannot record operations; the new leaf is a copy"
-            elif may_overlap(tuple(t.shape), t.stride(), 1):
-                own = _GRAD_OWN_MEMORY
+        if new_leaf and t.is_inference():
+            own = "requires_grad=True: an inference-mode tensor cannot record operations; the new leaf is a copy"
+        elif new_leaf and may_overlap(tuple(t.shape), t.stride(), 1):
+            own = _GRAD_OWN_MEMORY
         finish_copies(steps, opts.copy, "to_tensor", path, own)
-        if opts.requires_grad and not t.requires_grad:
-            steps.append(_grad_step(target, path, "a new leaf tensor; the input is not modified"))
+        if opts.requires_grad and (new_leaf or steps):
+            why = "a new leaf tensor; the input is not modified" if t.requires_grad or not steps else "a leaf tensor"
+            steps.append(_grad_step(target, path, why))
     except ConversionError as err:
         return Plan(path, lambda: (describe_tensor(t), "torch.Tensor"), (), err)
     return Plan(path, lambda: (describe_tensor(t), _tensor_target(target, device)), tuple(steps))
