@@ -136,9 +136,11 @@ def to_tensor(
     be: negative strides, non-native byte order, read-only memory (so writing to the tensor
     can never reach a read-only mapping), a dtype cast, a device move.
 
-    Containers (dict and every Mapping, list, tuple, namedtuple, deque, dataclasses, attrs
-    classes, and registered types) are rebuilt with their own types; leaves that are not
-    arrays, tensors or NumPy scalars (None, str, Python numbers) pass through unchanged.
+    Containers (dict and every Mapping, ChainMap, list, tuple, namedtuple, deque,
+    dataclasses, attrs classes, TensorDicts, torch pytree and optree registrations, and types
+    registered with :func:`register_container`) are rebuilt with their own types and instance
+    state; an ``nn.Module`` raises. Leaves that are not arrays, tensors or NumPy scalars
+    (None, str and ``np.str_``, Python numbers) pass through unchanged.
     Tensors are returned as they are unless ``dtype``/``device``/``copy``/``requires_grad``
     ask for a change; a tensor that must change comes back detached.
 
