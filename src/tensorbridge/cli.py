@@ -1,9 +1,19 @@
-"""The ``tensorbridge`` command: argument parsing and printing only (the work is in ``io/convert.py``).
+r"""The ``tensorbridge`` command: argument parsing and printing only (the work is in ``io/convert.py``).
 
-Exit statuses: 0 success (``diff``: the files are the same); 1 ``diff`` found differences, or
-``convert --verify`` read back different bytes; 2 an error: a malformed, truncated or hostile
-file, an unknown format, a destination that exists without ``--force``, bad arguments. Errors
-print one line on stderr, never a traceback.
+Exit statuses:
+
+* 0: success (``diff``: the files are the same).
+* 1: ``diff`` found differences, or ``convert --verify`` read back different bytes.
+* 2: an error: a missing, unreadable, malformed, truncated or hostile file, a directory where a
+  file was expected, an unknown format, a destination that exists without ``--force``, bad
+  arguments, no room on the disk.
+* 128 + the signal's number when a signal ends the command: 129 SIGHUP, 130 SIGINT (Ctrl-C),
+  143 SIGTERM; ``convert`` removes its unfinished file first, so DST is either untouched or
+  complete. 141 when the reader of the output went away (SIGPIPE, ``tensorbridge inspect f | head``).
+
+Errors print one line on stderr, never a traceback; paths are printed with undecodable bytes as
+``\xff`` escapes. ``--quiet`` prints nothing but errors; otherwise warnings (from NumPy, say) are
+one ``tensorbridge: warning:`` line each.
 """
 
 from __future__ import annotations
@@ -12,8 +22,13 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
+import warnings
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any, TextIO
 
 from .errors import ConversionError
@@ -21,13 +36,94 @@ from .errors import ConversionError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
+EXIT_PIPE = 128 + 13  # SIGPIPE's status, as a shell reports a process it ended
+
+#: The signals that end a command like Ctrl-C does: raised as :class:`Interrupted`, so ``finally``
+#: clauses run (``convert`` removes its unfinished file) and the status is 128 + the number.
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+_EPILOG = (
+    "Exit status: 0 ok (diff: same), 1 differences found or verification failed, 2 error, "
+    "129/130/143 ended by SIGHUP/SIGINT/SIGTERM (convert leaves DST untouched or complete), "
+    "141 the output pipe was closed."
+)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal asked the command to stop (a KeyboardInterrupt, so code that lets Ctrl-C through lets it through)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Make SIGTERM and SIGHUP (and SIGINT) raise :class:`Interrupted` while the command runs.
+
+    A signal someone chose to ignore (``nohup`` ignores SIGHUP) stays ignored; handlers can only
+    be installed from the main thread, so elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before: dict[int, Any] = {}
+    try:
+        for sig in _SIGNALS:
+            old = signal.getsignal(sig)
+            if old in (signal.SIG_DFL, signal.default_int_handler):
+                before[sig] = old
+                signal.signal(sig, _raise)
+        yield
+    finally:
+        for sig, old in before.items():
+            signal.signal(sig, old)
+
+
+def _status(interrupt: KeyboardInterrupt) -> tuple[int, str]:
+    signum = interrupt.signum if isinstance(interrupt, Interrupted) else int(signal.SIGINT)
+    return 128 + signum, signal.Signals(signum).name
+
+
+def _printable(text: str, stream: TextIO) -> str:
+    """``text`` as ``stream`` can take it: undecodable file-name bytes and unencodable characters escaped."""
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from a file name
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    encoding = getattr(stream, "encoding", None)
+    if isinstance(encoding, str):
+        with contextlib.suppress(LookupError):
+            text = text.encode(encoding, "backslashreplace").decode(encoding)
+    return text
+
+
+def _say(stream: TextIO, text: str) -> None:
+    stream.write(_printable(text, stream))
+
+
+@contextlib.contextmanager
+def _warnings_shown(err: TextIO, quiet: bool) -> Iterator[None]:
+    """Warnings as one ``tensorbridge: warning:`` line each, or none at all with ``--quiet``."""
+
+    def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        _say(err, f"tensorbridge: warning: {message}\n")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if quiet else "default")
+        warnings.showwarning = show
+        yield
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tensorbridge",
         description="Convert, inspect and compare tensor files (.npy, .npz, .pt/.pth/.bin, .safetensors).",
-        epilog="Exit status: 0 ok (diff: same), 1 differences found or verification failed, 2 error.",
+        epilog=_EPILOG,
     )
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="convert SRC to DST, one tensor at a time")
@@ -43,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace DST if it exists")
     c.add_argument("--from", dest="src_format", metavar="FORMAT", help="the source format, if its suffix does not say")
     c.add_argument("--to", dest="dst_format", metavar="FORMAT", help="the destination format, likewise")
-    c.add_argument("--quiet", action="store_true", help="print nothing on success")
+    c.add_argument("--quiet", action="store_true", help="print nothing but errors")
     i = sub.add_parser("inspect", help="list names, dtypes, shapes and sizes (from headers only)")
     i.add_argument("file")
     i.add_argument("--json", action="store_true", help="print JSON")
@@ -74,7 +170,7 @@ class _Bar:
             return
         self.last, self.shown = now, True
         pct = 100.0 * done / total if total else 100.0
-        self.stream.write(f"\rconverting: {pct:5.1f}% of {_size(total)}")
+        _say(self.stream, f"\rconverting: {pct:5.1f}% of {_size(total)}")
         self.stream.flush()
 
     def close(self) -> None:
@@ -110,14 +206,14 @@ def _convert(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
     except VerifyError as e:
         bar.close()
-        err.write(f"tensorbridge: verification failed: {e}\n")
+        _say(err, f"tensorbridge: verification failed: {e}\n")
         return EXIT_DIFFERENT
     bar.close()
     if not args.quiet:
         checked = ", verified bit for bit" if report.verified else ""
         size = _size(report.nbytes)
         cast = f", {report.cast} cast to {report.dtype}, {report.kept} kept" if report.dtype is not None else ""
-        out.write(f"{report.source} -> {report.destination}: {report.entries} arrays, {size}{cast}{checked}\n")
+        _say(out, f"{report.source} -> {report.destination}: {report.entries} arrays, {size}{cast}{checked}\n")
     return EXIT_OK
 
 
@@ -129,13 +225,13 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         arrays = [{"name": r.name, "dtype": r.dtype, "shape": list(r.shape), "nbytes": r.nbytes} for r in rows]
         doc = {"file": args.file, "format": fmt, "arrays": arrays, "total_bytes": total, "nested": nesting is not None}
-        out.write(json.dumps(doc, indent=1) + "\n")
+        _say(out, json.dumps(doc, indent=1) + "\n")
         return EXIT_OK
     width = max([4, *(len(r.name) for r in rows)])
-    out.write(f"{args.file} ({fmt}): {len(rows)} arrays, {_size(total)}\n")
-    out.write(f"{'name':<{width}}  {'dtype':<14} {'shape':<20} size\n")
+    _say(out, f"{args.file} ({fmt}): {len(rows)} arrays, {_size(total)}\n")
+    _say(out, f"{'name':<{width}}  {'dtype':<14} {'shape':<20} size\n")
     for r in rows:
-        out.write(f"{r.name:<{width}}  {r.dtype:<14} {list(r.shape)!s:<20} {_size(r.nbytes)}\n")
+        _say(out, f"{r.name:<{width}}  {r.dtype:<14} {list(r.shape)!s:<20} {_size(r.nbytes)}\n")
     return EXIT_OK
 
 
@@ -144,17 +240,20 @@ def _diff(args: argparse.Namespace, out: TextIO) -> int:
 
     found = diff(args.a, args.b, rtol=args.rtol, atol=args.atol)
     if args.json:
-        out.write(json.dumps({"a": args.a, "b": args.b, "differences": [_plain(d) for d in found]}, indent=1) + "\n")
+        _say(out, json.dumps({"a": args.a, "b": args.b, "differences": [_plain(d) for d in found]}, indent=1) + "\n")
     else:
         for d in found:
-            errs = f" (max abs error {d.max_abs:g}, max rel error {d.max_rel:g})" if d.kind == "values" else ""
-            out.write(f"{d.name}: {d.kind}: {d.detail}{errs}\n")
-        out.write(f"{len(found)} names differ\n" if found else "no differences\n")
+            shown = d.kind == "values" and d.numeric
+            errs = f" (max abs error {d.max_abs:g}, max rel error {d.max_rel:g})" if shown else ""
+            _say(out, f"{d.name}: {d.kind}: {d.detail}{errs}\n")
+        _say(out, f"{len(found)} names differ\n" if found else "no differences\n")
     return EXIT_DIFFERENT if found else EXIT_OK
 
 
 def _plain(d: Any) -> dict[str, Any]:
-    return {"name": d.name, "kind": d.kind, "detail": d.detail, "max_abs": d.max_abs, "max_rel": d.max_rel}
+    errors = d.numeric  # values compared by equality alone (strings) have no error sizes
+    max_abs, max_rel = (d.max_abs, d.max_rel) if errors else (None, None)
+    return {"name": d.name, "kind": d.kind, "detail": d.detail, "max_abs": max_abs, "max_rel": max_rel}
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -169,29 +268,40 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        if args.command == "convert":
-            return _convert(args, out, err)
-        if args.command == "inspect":
-            return _inspect(args, out)
-        if args.command == "diff":
-            return _diff(args, out)
-        from .tour import run_tour
-
-        return run_tour(quiet=args.quiet)
-    except KeyboardInterrupt:
-        err.write("tensorbridge: interrupted\n")
-        return 130
+        with _signals_interrupt():
+            args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+            with _warnings_shown(err, quiet=getattr(args, "quiet", False)):
+                return _run(args, out, err)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: the unfinished file is gone by now
+        status, name = _status(e)
+        with contextlib.suppress(OSError, ValueError):
+            _say(err, f"tensorbridge: interrupted by {name}\n")
+        return status
     except BrokenPipeError:
         # The reader went away (`tensorbridge inspect f | head`): stop quietly, as Unix tools do.
         if out is sys.stdout:
             with contextlib.suppress(OSError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+        return EXIT_PIPE
     except (ConversionError, OSError) as e:
-        err.write(f"tensorbridge: error: {e}\n")
+        _say(err, f"tensorbridge: error: {e}\n")
         return EXIT_ERROR
-    except Exception as e:  # never a traceback on bad input: one line, and the class to report
-        err.write(f"tensorbridge: error: unexpected {type(e).__name__}: {e} (please report this file)\n")
+    except MemoryError:
+        _say(err, "tensorbridge: error: out of memory. Convert fewer arrays at a time (--only) or free memory.\n")
         return EXIT_ERROR
+    except Exception as e:  # a bug, never bad input (the readers' failures are FileFormatError): one line to report
+        _say(err, f"tensorbridge: error: unexpected {type(e).__name__}: {e} (please report this)\n")
+        return EXIT_ERROR
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.command == "convert":
+        return _convert(args, out, err)
+    if args.command == "inspect":
+        return _inspect(args, out)
+    if args.command == "diff":
+        return _diff(args, out)
+    from .tour import run_tour
+
+    return run_tour(quiet=args.quiet)

@@ -2,27 +2,32 @@
 
 Every job streams: headers are read first (``Format.read`` loads no data), then one entry at a
 time is loaded (memory-mapped where the format allows), cast if asked, written or compared, and
-dropped. A conversion writes to a temporary file beside the destination and renames it over the
-destination only when everything has been written (and verified, with ``verify=True``), so a
-failure never leaves a half-written file, and an existing destination is kept unless ``force``.
+dropped. A conversion writes to a new file beside the destination, created exclusively and held
+open (``output.py``), and links it into place only when everything has been written (and
+verified, with ``verify=True``), so a failure never leaves a half-written file, nothing is ever
+written through a planted symbolic link, and an existing destination is kept unless ``force``.
+
+Paths are checked before any data is read or written, and every error names the user's path:
+a missing file, a directory, a permission refused. The readers are called in one place
+(:func:`_read`), which turns anything they raise on a malformed file into ``FileFormatError``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..dtypes import numpy_dtype, row_for_numpy
-from ..errors import ConversionError, StructureError, UnsupportedError
+from ..errors import ConversionError, FileFormatError, StructureError, UnsupportedError
 from . import format_for, structure
-from .base import Archive, Entry
+from .base import Archive, Entry, Format, bad_file
+from .output import Output, check_destination, shown
 
 __all__ = ["ConvertReport", "Difference", "VerifyError", "convert", "diff", "inspect"]
 
@@ -119,18 +124,78 @@ def _reporting(entries: list[Entry], progress: Progress | None) -> list[Entry]:
     return [Entry(e.name, e.dtype, e.shape, loader(e)) for e in entries]
 
 
-@contextlib.contextmanager
-def _temporary_beside(dst: str) -> Iterator[str]:
-    """A fresh path in ``dst``'s directory, removed unless the caller renamed it."""
-    folder = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    os.unlink(tmp)  # writers create the file themselves
+_FILES = "Give the path of a .npy, .npz, .pt/.pth/.bin or .safetensors file"
+
+#: What a reader may raise that says something about the machine, not about the file.
+_NOT_THE_FILE = (ConversionError, OSError, MemoryError)
+
+
+def _check_source(path: str, what: str) -> None:
+    """Refuse a source that is missing, a directory or unreadable, naming it (before its suffix is looked at)."""
     try:
-        yield tmp
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileFormatError(
+            what, shown(path), "the file does not exist (No such file or directory)", "Check the path"
+        ) from None
+    except NotADirectoryError:
+        raise FileFormatError(what, shown(path), "a part of the path is not a directory", "Check the path") from None
+    except PermissionError:
+        raise FileFormatError(
+            what, shown(path), "the file cannot be reached (permission denied)", "Check the path"
+        ) from None
+    except (UnicodeError, ValueError) as err:
+        raise FileFormatError(what, shown(path), f"the name is not a valid path ({err})", "Check the path") from err
+    if stat.S_ISDIR(st.st_mode):
+        raise FileFormatError(what, shown(path), "it is a directory, not a tensor file", _FILES)
+    if not os.access(path, os.R_OK):
+        raise FileFormatError(what, shown(path), "the file cannot be read (permission denied)", "Check its permissions")
+
+
+def _short(err: BaseException, limit: int = 160) -> str:
+    text = f"{type(err).__name__}: {err}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read(fmt: Format, path: str) -> Archive:
+    """``fmt.read(path)``, the one call of a reader: what a malformed file makes it raise becomes FileFormatError.
+
+    The entries' ``load`` is guarded the same way, since a reader reads the data lazily.
+    """
+    try:
+        archive = fmt.read(path)
+    except _NOT_THE_FILE:
+        raise
+    except Exception as err:  # a reader's unforeseen failure on a hostile file: still a bad file, not a bug report
+        raise bad_file(path, f"it is not a readable {fmt.name} file ({_short(err)})") from err
+    return Archive([_guarded(e, path) for e in archive.entries], archive.structure, archive.extra)
+
+
+def _guarded(e: Entry, path: str) -> Entry:
+    def load() -> np.ndarray[Any, Any]:
+        try:
+            return e.load()
+        except _NOT_THE_FILE:
+            raise
+        except Exception as err:
+            raise bad_file(path, f"array {e.name!r} cannot be read ({_short(err)})") from err
+
+    return Entry(e.name, e.dtype, e.shape, load)
+
+
+def _renamed(err: Exception, tmp: str, dst: str) -> Exception:
+    """``err`` with the temporary path it names replaced by the user's destination."""
+    if tmp not in str(err):
+        return err
+    dst = shown(dst)
+    if isinstance(err, ConversionError):
+        if not err.path:
+            return type(err)(str(err).replace(tmp, dst))
+        parts = (err.path, err.cause, err.fix)
+        return type(err)(err.what, *(part.replace(tmp, dst) for part in parts))
+    if isinstance(err, OSError) and err.errno is not None and err.strerror:
+        return type(err)(err.errno, f"writing {dst}: {err.strerror}")
+    return type(err)(str(err).replace(tmp, dst))
 
 
 def convert(
@@ -158,12 +223,15 @@ def convert(
             floating point raises.
         only: keep only arrays whose dotted names match one of these shell patterns.
         verify: read the written file back and compare it bit for bit before renaming it.
-        force: replace an existing ``dst``.
+        force: replace an existing ``dst`` (a file or a symbolic link; never a directory).
         progress: called with (bytes done, bytes total) before each array.
 
     Raises:
-        FileFormatError: the source is malformed. ``FileExistsError``-like refusals raise
-        StructureError. VerifyError: the written file does not read back identically.
+        FileFormatError: the source is missing, a directory, unreadable or malformed.
+        StructureError: ``dst`` exists (or appears while converting) without ``force``, is a
+            directory, or its directory is missing or not writable; all checked before any data
+            is read, and again when the file is put in place.
+        VerifyError: the written file does not read back identically.
 
     Example:
         >>> import os, tempfile, numpy as np
@@ -172,26 +240,30 @@ def convert(
         >>> convert(os.path.join(d, "a.npz"), os.path.join(d, "a.safetensors"), verify=True).entries
         1
     """
+    _check_source(src, "convert")
+    check_destination(dst, force=force)
     src_fmt, dst_fmt = format_for(src, src_format), format_for(dst, dst_format)
     target = None if dtype is None else _floating_target(dtype, src)
-    if os.path.exists(dst) and not force:
-        raise StructureError(
-            "convert", dst, "the destination exists", "Pass --force to replace it, or pick another name"
-        )
-    archive = src_fmt.read(src)
+    archive = _read(src_fmt, src)
     entries, nesting = _select(archive, only, src)
     cast = 0
     if target is not None:
         cast = sum(_is_floating(e.dtype) for e in entries)
         entries = _cast(entries, target)
-    with _temporary_beside(dst) as tmp:
-        dst_fmt.write(tmp, _reporting(entries, progress), nesting, dict(archive.extra))
-        if verify:
-            _verify(tmp, dst_fmt.name, entries, dst)
-        os.replace(tmp, dst)
+    with Output(dst, force=force) as out:
+        try:
+            dst_fmt.write(out.path, _reporting(entries, progress), nesting, dict(archive.extra))
+            if verify:
+                _verify(out.path, dst_fmt.name, entries, dst)
+        except (ConversionError, OSError) as err:
+            raise _renamed(err, out.path, dst) from err
+        out.commit()
     total = sum(e.nbytes for e in entries)
     kept = len(entries) - cast if target is not None else 0
     return ConvertReport(src, dst, len(entries), total, verify, cast, kept, None if target is None else target.name)
+
+
+_REPORT = "Report this to tensorbridge"
 
 
 def _bits(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -201,7 +273,12 @@ def _bits(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 def _verify(written: str, fmt: str, expected: list[Entry], shown_as: str) -> None:
-    back = format_for(written, fmt).read(written)
+    try:
+        back = _read(format_for(written, fmt), written)
+    except FileFormatError as err:
+        raise VerifyError(
+            "verify", shown(shown_as), f"the written file does not read back ({err.cause})", _REPORT
+        ) from err
     names = [e.name for e in back.entries]
     if len(expected) == 1 and len(back.entries) == 1:
         pairs = [(back.entries[0], expected[0])]  # .npy keeps no name: a lone array reads back as "data"
@@ -218,7 +295,13 @@ def _verify(written: str, fmt: str, expected: list[Entry], shown_as: str) -> Non
                 f"reads back as {got.dtype} {got.shape}, not {want.dtype} {want.shape}",
                 "Report this to tensorbridge",
             )
-        if not np.array_equal(_bits(got.load()), _bits(want.load())):
+        try:
+            data = got.load()
+        except FileFormatError as err:
+            raise VerifyError(
+                "verify", f"{shown_as}: {want.name}", f"it does not read back ({err.cause})", _REPORT
+            ) from err
+        if not np.array_equal(_bits(data), _bits(want.load())):
             raise VerifyError("verify", f"{shown_as}: {want.name}", "the bytes differ", "Report this to tensorbridge")
 
 
@@ -245,8 +328,9 @@ def inspect(path: str, fmt: str | None = None) -> tuple[str, list[Row], Any]:
         >>> inspect(p)[1]
         [Row(name='data', dtype='float32', shape=(2, 3), nbytes=24)]
     """
+    _check_source(path, "inspect")
     f = format_for(path, fmt)
-    archive = f.read(path)
+    archive = _read(f, path)
     rows = [Row(e.name, e.dtype.name, e.shape, e.nbytes) for e in archive.entries]
     return f.name, rows, archive.structure
 
@@ -260,6 +344,8 @@ class Difference:
     detail: str
     max_abs: float = 0.0
     max_rel: float = 0.0
+    numeric: bool = True
+    """False when the values were compared by equality alone (strings, structured dtypes): no errors to show."""
 
 
 def diff(
@@ -267,8 +353,9 @@ def diff(
 ) -> list[Difference]:
     """Compare two files name by name: presence, shape, dtype, then values within ``rtol``/``atol``.
 
-    With the default tolerances, values must be identical (NaN equals NaN). Values are compared
-    in chunks, so memory stays at two chunks beyond the memory maps.
+    With the default tolerances, values must be identical (NaN equals NaN). Values of dtypes that
+    are not numbers (strings, structured dtypes) are compared by equality, ignoring the tolerances.
+    Values are compared in chunks, so memory stays at two chunks beyond the memory maps.
 
     Example:
         >>> import os, tempfile, numpy as np
@@ -278,8 +365,10 @@ def diff(
         >>> [(x.name, x.kind, x.max_abs) for x in diff(os.path.join(d, "a.npz"), os.path.join(d, "b.npz"))]
         [('w', 'values', 0.5)]
     """
-    left = {e.name: e for e in format_for(a, fmt_a).read(a).entries}
-    right = {e.name: e for e in format_for(b, fmt_b).read(b).entries}
+    _check_source(a, "diff")
+    _check_source(b, "diff")
+    left = {e.name: e for e in _read(format_for(a, fmt_a), a).entries}
+    right = {e.name: e for e in _read(format_for(b, fmt_b), b).entries}
     out: list[Difference] = []
     for name in [*left, *(n for n in right if n not in left)]:
         if name not in right:
@@ -295,11 +384,26 @@ def diff(
         dtypes_differ = x.dtype.newbyteorder("=") != y.dtype.newbyteorder("=")
         if dtypes_differ:
             out.append(Difference(name, "dtype", f"{x.dtype} vs {y.dtype}"))
-        found = _compare_values(x.load(), y.load(), rtol, atol)
+        numeric = _numeric(x.dtype) and _numeric(y.dtype)
+        found = _compare_values(x.load(), y.load(), rtol, atol, numeric=numeric)
         if found is not None:
             abs_err, rel_err, count = found
-            out.append(Difference(name, "values", f"{count} values differ", abs_err, rel_err))
+            out.append(Difference(name, "values", f"{count} values differ", abs_err, rel_err, numeric))
     return out
+
+
+def _numeric(dt: np.dtype[Any]) -> bool:
+    """Numbers that subtract: NumPy's numeric kinds and the table's others (bfloat16, float8, int4...)."""
+    return dt.kind in "biufc" or row_for_numpy(dt) is not None
+
+
+def _unequal(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> int:
+    """How many elements differ, by ``==`` alone (dtypes that cannot be compared differ everywhere)."""
+    try:
+        same = np.asarray(x == y)
+    except (TypeError, ValueError):
+        return x.size
+    return x.size if same.shape != x.shape else int(x.size - np.count_nonzero(same))
 
 
 def _as_numbers(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -309,7 +413,7 @@ def _as_numbers(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 def _compare_values(
-    x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], rtol: float, atol: float
+    x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], rtol: float, atol: float, *, numeric: bool = True
 ) -> tuple[float, float, int] | None:
     fx, fy = x.reshape(-1), y.reshape(-1)
     worst_abs = worst_rel = 0.0
@@ -317,6 +421,9 @@ def _compare_values(
     for start in range(0, fx.size, CHUNK):
         cx, cy = fx[start : start + CHUNK], fy[start : start + CHUNK]
         if x.dtype == y.dtype and np.array_equal(_bits(cx), _bits(cy)):
+            continue
+        if not numeric:
+            count += _unequal(cx, cy)
             continue
         nx, ny = _as_numbers(cx), _as_numbers(cy)
         with np.errstate(all="ignore"):
