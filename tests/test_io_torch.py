@@ -7,6 +7,7 @@ import functools
 import io
 import os
 import pickle
+import re
 import shlex
 import subprocess
 import sys
@@ -25,9 +26,10 @@ from hypothesis import strategies as st
 import tensorbridge as tb
 from tensorbridge.dtypes import DtypeRow
 from tensorbridge.errors import FileFormatError, StructureError, UnsupportedError
-from tensorbridge.io import format_for
+from tensorbridge.io import format_for, pickle_scan
 from tensorbridge.io.base import Archive, Entry
-from tensorbridge.io.torch_files import MAX_DEPTH, PT
+from tensorbridge.io.pickle_scan import MAX_DEPTH, MAX_ITEMS
+from tensorbridge.io.torch_files import PT
 
 from .helpers import EXACT_ROWS, bits, quiet_tensor, random_bits
 
@@ -422,7 +424,7 @@ def test_a_storage_larger_than_its_record_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("numel", [10**9, 2**62 // 4])
 def test_a_storage_larger_than_the_file_is_refused(tmp_path: Path, numel: int) -> None:
     forge(tmp_path / "a.pt", {"w": _Tensor(_Storage("0", numel), (numel,))}, {"0": b"\0" * 40})
-    with pytest.raises(FileFormatError, match=r"torch\.load cannot read it"):
+    with pytest.raises(FileFormatError, match=f"claims {numel * 4} bytes but the file holds a record of 40 bytes"):
         PT.read(str(tmp_path / "a.pt"))
 
 
@@ -453,7 +455,7 @@ def test_self_containing_and_deep_containers_are_refused_without_recursion_error
         deep = [deep]
     save(deep, tmp_path / "deep.pt")
     for name in ("loop.pt", "deep.pt"):
-        with pytest.raises(UnsupportedError, match=f"nest more than {MAX_DEPTH} levels deep"):
+        with pytest.raises(FileFormatError, match=f"nest more than {MAX_DEPTH} levels deep"):
             PT.read(str(tmp_path / name))
 
 
@@ -569,3 +571,196 @@ def test_damaged_files_only_ever_read_or_raise_a_refusal(
         for e in archive.entries:
             arr = e.load()
             assert arr.dtype == e.dtype and arr.shape == e.shape
+
+
+# ---------------------------------------------------------------- hostile pickles (issue 10)
+# Each file is refused by the command with one line and exit status 2, leaving nothing behind,
+# before torch.load builds anything from it.
+
+
+def _op_global(module: str, name: str) -> bytes:
+    return b"c" + f"{module}\n{name}\n".encode()
+
+
+def _op_str(text: str) -> bytes:
+    raw = text.encode()
+    return b"X" + len(raw).to_bytes(4, "little") + raw
+
+
+def _op_int(n: int) -> bytes:
+    return b"J" + n.to_bytes(4, "little", signed=True)
+
+
+def _op_ints(values: list[int]) -> bytes:
+    return b"(" + b"".join(_op_int(v) for v in values) + b"t"
+
+
+def _op_storage(key: str, numel: int) -> bytes:
+    return (
+        b"("
+        + _op_str("storage")
+        + _op_global("torch", "FloatStorage")
+        + _op_str(key)
+        + _op_str("cpu")
+        + _op_int(numel)
+        + b"tQ"
+    )
+
+
+def _op_tensor(storage: bytes, size: list[int], stride: list[int], offset: int = 0) -> bytes:
+    hooks = _op_global("collections", "OrderedDict") + b")R"
+    args = b"(" + storage + _op_int(offset) + _op_ints(size) + _op_ints(stride) + b"\x89" + hooks + b"t"
+    return _op_global("torch._utils", "_rebuild_tensor_v2") + args + b"R"
+
+
+def raw_pt(path: Path, body: bytes, records: dict[str, bytes] | None = None) -> Path:
+    """A zip-based torch.save file whose data.pkl is ``PROTO 2, body, STOP``."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02" + body + b".")
+        zf.writestr("archive/byteorder", "little")
+        for key, data in (records or {}).items():
+            zf.writestr(f"archive/data/{key}", data)
+        zf.writestr("archive/version", "3\n")
+    return path
+
+
+def refused_by_the_command(tmp_path: Path, src: Path, match: str) -> None:
+    from tensorbridge.cli import main
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir(exist_ok=True)
+    for argv in (["inspect", str(src)], ["convert", str(src), str(out_dir / "o.npz")], ["diff", str(src), str(src)]):
+        out, err = io.StringIO(), io.StringIO()
+        assert main(argv, out=out, err=err) == 2, (argv, out.getvalue())
+        message = err.getvalue()
+        assert message.startswith("tensorbridge: error: reading at ") and message.count("\n") == 1, message
+        assert re.search(match, message), message
+    assert list(out_dir.iterdir()) == []
+
+
+_DEEP = 1_000_000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"}" + b")" + b"\x85" * _DEEP + b"Ns",  # {((((...)))): None}: hashing the key overflowed the C stack
+        _op_global("__builtin__", "set") + b"]" + b")" + b"\x85" * _DEEP + b"a\x85R",  # {((((...))))}
+        b"(" * _DEEP,  # MARK frames
+        # lists changed after being put in another (how a cycle is pickled): L0 = [L1], then L1.append(L2)...
+        b"]" + b"".join(b"]r" + i.to_bytes(4, "little") + b"aj" + i.to_bytes(4, "little") for i in range(_DEEP // 10)),
+    ],
+    ids=["dict_key", "set", "marks", "mutated"],
+)
+def test_deep_pickles_are_refused_before_anything_recurses(tmp_path: Path, body: bytes) -> None:
+    path = raw_pt(tmp_path / "deep.pt", body)
+    assert path.stat().st_size > _DEEP
+    refused_by_the_command(tmp_path, path, f"nest more than {MAX_DEPTH} levels deep")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _op_global("torch", "FloatTensor") + _op_ints([1 << 20]) + b"R",
+        _op_global("torch", "Tensor") + _op_ints([1 << 20]) + b"\x81",
+        _op_global("torch.storage", "UntypedStorage") + _op_ints([1 << 20]) + b"R",
+        _op_tensor(_op_global("torch.storage", "TypedStorage") + _op_ints([1 << 20]) + b"R", [1 << 20], [1]),
+        _op_global("torch._utils", "_rebuild_wrapper_subclass") + _op_ints([1]) + b"R",
+    ],
+    ids=["legacy_constructor", "newobj", "untyped_storage", "typed_storage", "wrapper_subclass"],
+)
+def test_tensors_without_stored_bytes_are_refused(tmp_path: Path, body: bytes) -> None:
+    # torch.load(weights_only=True) allows these and hands out uninitialised process memory
+    path = raw_pt(tmp_path / "a.pt", b"}" + _op_str("w") + body + b"s")
+    refused_by_the_command(tmp_path, path, r"refused: its pickle calls torch\.\S+, which makes a tensor or storage")
+
+
+def test_a_storage_referenced_twice_is_checked_at_every_reference(tmp_path: Path) -> None:
+    # torch keeps the first reference's size: 4000 bytes read from a 40-byte record and the next one
+    first, second = _op_tensor(_op_storage("0", 1000), [1000], [1]), _op_tensor(_op_storage("0", 10), [10], [1])
+    body = b"}(" + _op_str("a") + first + _op_str("b") + second + b"u"
+    path = raw_pt(tmp_path / "a.pt", body, {"0": b"\1" * 40, "1": b"SECRET" * 1000})
+    refused_by_the_command(tmp_path, path, "storage '0' claims 4000 bytes but the file holds a record of 40 bytes")
+    # and a view past the end of its (honest) storage
+    body = b"}" + _op_str("a") + _op_tensor(_op_storage("0", 10), [4], [3], offset=2) + b"s"
+    path = raw_pt(tmp_path / "b.pt", body, {"0": b"\1" * 40})
+    refused_by_the_command(tmp_path, path, "reaches byte 48 of storage '0', which holds 40")
+
+
+def test_a_legacy_file_whose_storage_has_no_bytes_is_refused(tmp_path: Path) -> None:
+    data = save({"w": torch.ones(3)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False).read_bytes()
+    at = data.rindex(b"\x80\x02]q\x00")  # the last pickle: the list of storage keys torch fills
+    (tmp_path / "empty.pt").write_bytes(data[:at] + pickle.dumps([], protocol=2))
+    refused_by_the_command(tmp_path, tmp_path / "empty.pt", r"storages \('\d+'\) have no stored bytes")
+    torch.load(tmp_path / "empty.pt", weights_only=True)  # the control: torch hands out the storage unfilled
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (
+            lambda p: raw_pt(
+                p, b"}" + _op_str("w") + _op_global("__builtin__", "bytearray") + _op_ints([2**31 - 1]) + b"Rs"
+            ),
+            r"builtins\.bytearray, which would make bytes the file does not hold",
+        ),
+        (lambda p: save({"w": torch.zeros(1).expand(2**40)}, p), r"repeats the 4 bytes it views 1099511627776 times"),
+        (lambda p: save({"w": torch.zeros(1).expand(2**28)}, p), r"repeats the 4 bytes it views"),
+        (lambda p: save([None] * 5_000_000, p), f"more than {MAX_ITEMS} container items"),
+        (lambda p: raw_pt(p, b"Nq\x00" + b"h\x00" * 100_000), "more than 50000 opcodes"),
+        (lambda p: save({f"n{i}": torch.ones(1 << 18) for i in range(1)} | {"t": [None]}, p), None),
+    ],
+    ids=["bytearray", "expand_2_40", "expand_2_28", "nones", "opcodes", "control"],
+)
+def test_what_a_file_makes_tensorbridge_allocate_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: Any, match: str | None
+) -> None:
+    if match is not None and "opcodes" in match:
+        monkeypatch.setattr(pickle_scan, "MAX_OPS", 50_000)  # the real limit (8M) takes seconds to reach
+    path = make(tmp_path / "a.pt")
+    if match is None:  # the control: an honest file of the same kind reads
+        assert [e.name for e in PT.read(str(path)).entries] == ["n0"]
+        return
+    refused_by_the_command(tmp_path, path, match)
+
+
+def test_names_that_repeat_one_tensor_are_bounded_by_the_file_size(tmp_path: Path) -> None:
+    w = torch.ones(1 << 18)  # 1 MiB, referred to 100 times: 100 MiB to write or compare
+    save({f"n{i}": w for i in range(100)}, tmp_path / "a.pt")
+    refused_by_the_command(tmp_path, tmp_path / "a.pt", "counted under every name they have, hold more than")
+    save({f"n{i}": w for i in range(4)}, tmp_path / "tied.pt")  # tied weights stay fine
+    assert len(PT.read(str(tmp_path / "tied.pt")).entries) == 4
+
+
+_LIMITED = """
+import resource, subprocess, sys
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from tensorbridge.cli import main
+code = main(["inspect", sys.argv[1]])
+print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS bounds address space as measured on Linux")
+@pytest.mark.parametrize("name", ["deep", "bytearray", "nones", "expand"])
+def test_hostile_files_stay_within_a_memory_limit(tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"{name}.pt"
+    if name == "deep":
+        raw_pt(path, b"}" + b")" + b"\x85" * _DEEP + b"Ns")
+    elif name == "bytearray":
+        raw_pt(path, b"}" + _op_str("w") + _op_global("__builtin__", "bytearray") + _op_ints([2**31 - 1]) + b"Rs")
+    elif name == "nones":
+        save([None] * 5_000_000, path)
+    else:
+        save({"w": torch.zeros(1).expand(2**40)}, path)
+    # importing torch and tensorbridge maps ~650 MB of address space; 1.5 GiB leaves ~850 MB of room
+    limit = (3 << 29) + 16 * path.stat().st_size
+    run = subprocess.run(
+        [sys.executable, "-c", _LIMITED, str(path), str(limit)], capture_output=True, text=True, timeout=120
+    )
+    lines = run.stderr.splitlines()
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert len(lines) == 2 and lines[0].startswith("tensorbridge: error: reading at "), run.stderr[-2000:]
+    assert int(lines[1].split()[1]) < 600, lines  # peak resident MB (torch alone takes ~240)

@@ -5,12 +5,14 @@ with ``torch.load(path, map_location="cpu", weights_only=True, mmap=True)``, nev
 ``weights_only=False``: a file that needs more (a pickled class, ``os.system``) is refused with
 :class:`FileFormatError` before any of its code runs. Before torch parses a zip, its directory is
 checked: no TorchScript archive, no duplicate names, every record stored (torch.save never
-compresses; a compressed record could inflate without bound) and inside the file. After loading,
-containers nested over 100 levels deep (or containing themselves) and shared references that
-expand a small pickle into millions of items are refused, and each storage's size is compared
-with its zip record in a second, data-free pass over the pickle (for many small tensors about
-half of torch.load's own time): with ``mmap=True`` torch slices storages out of the mapped file
-without that check, and a damaged file would hand out its neighbours' bytes in silence. torch
+compresses; a compressed record could inflate without bound) and inside the file. Then, before
+torch.load, its pickle is run once over stand-ins, iteratively (``pickle_scan``; ``pt_checks`` for
+the two layouts): nesting over 100 levels, cycles, over 8 million opcodes or 2 million container
+items, calls torch.save never writes (tensor and storage constructors, ``bytearray(n)``: memory
+the file does not hold) are refused, and every storage reference must match the bytes its record
+holds, every view lie inside its storage and repeat its bytes (zero strides) at most 8 times.
+After loading, shared references that expand a small pickle into millions of items, and tensors
+that under all their names hold over 8 times the file's size (plus 16 MiB), are refused. torch
 bounds every storage by the file's size itself, so nothing past the end is ever read. Whatever a
 damaged or hostile file makes torch raise becomes a :class:`FileFormatError`.
 
@@ -37,7 +39,6 @@ file has no place for metadata.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import struct
@@ -54,14 +55,16 @@ from ..api import to_numpy, to_tensor
 from ..dtypes import row_for_numpy, row_for_torch
 from ..errors import ConversionError, CopyRefusedError, FileFormatError, StructureError, UnsupportedError
 from .base import Archive, Entry, bad_file
+from .pickle_scan import MAX_DEPTH, MAX_ITEMS, MAX_REPEAT
+from .pt_checks import check_legacy, check_zip
 from .structure import flatten, unflatten
 
 __all__ = ["PT"]
 
 _ZIP_MAGIC: Final = b"PK\x03\x04"
 _LOCAL_HEADER: Final = struct.Struct("<4s22xHH")  # signature, (versions, flags, sizes...), name and extra lengths
-#: Deeper nesting is refused before ``structure.flatten`` recurses into it (checkpoints nest < 10).
-MAX_DEPTH: Final = 100
+#: Tensors may hold (under all their names) MAX_REPEAT times the file's size, plus this.
+MAX_TENSOR_SLACK: Final = 16 << 20
 _SAFETY_FIX: Final = (
     "Only if you trust the file: load it with torch.load(path, weights_only=False) in trusted code and "
     "re-save its tensors as a state dict, e.g. torch.save(model.state_dict(), path)"
@@ -118,19 +121,19 @@ class _PT:
         if head.startswith(_ZIP_MAGIC):
             layout = _zip_layout(path, size)
             budget = layout.records[f"{layout.prefix}/data.pkl"][1]
+            check_zip(path, layout.prefix, layout.records)
         else:
-            _check_legacy_head(path, head)
+            if _check_legacy_head(path, head):
+                check_legacy(path)
             budget = size
         obj = _torch_load(path, mmap=layout is not None)
         # Every item of a tree costs the pickle at least a byte; only shared references multiply.
-        _check_tree(obj, path, 4 * budget + 100_000)
+        _check_tree(obj, path, min(4 * budget + 100_000, MAX_ITEMS), MAX_REPEAT * size + MAX_TENSOR_SLACK)
         try:
             leaves, record = flatten(obj)
         except UnsupportedError as err:
             raise UnsupportedError("reading", path, f"at {err.path}: {err.cause}", err.fix) from err
         entries = [_entry(name, leaf, path) for name, leaf in leaves]
-        if layout is not None:
-            _check_claims(path, layout)
         return Archive(entries, record, {})
 
     def write(self, path: str, entries: Sequence[Entry], structure: Any, extra: dict[str, str]) -> None:
@@ -232,13 +235,14 @@ def _zip_layout(path: str, size: int) -> _Zip:
     return _Zip(prefix, records)
 
 
-def _check_legacy_head(path: str, head: bytes) -> None:
-    """A file that is not a zip must be a legacy torch.save pickle (or the even older tar)."""
+def _check_legacy_head(path: str, head: bytes) -> bool:
+    """A file that is not a zip must be a legacy torch.save pickle (True) or the even older tar."""
     if not head:
         raise bad_file(path, "the file is empty")
     is_pickle = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
     if not is_pickle and head[257:262] != b"ustar":
         raise bad_file(path, f"it starts with {head[:8]!r}, neither a zip archive nor a legacy torch.save pickle")
+    return is_pickle
 
 
 def _torch_load(path: str, *, mmap: bool) -> Any:
@@ -282,13 +286,27 @@ def _load_error(path: str, err: Exception) -> ConversionError:
     return bad_file(path, f"torch.load cannot read it ({type(err).__name__}: {_short(message)})")
 
 
-def _check_tree(obj: Any, path: str, max_items: int) -> None:
-    """Refuse nesting that would overflow ``flatten``'s recursion or expand without bound."""
+def _check_tree(obj: Any, path: str, max_items: int, max_bytes: int) -> None:
+    """Refuse nesting that would overflow ``flatten``'s recursion or expand without bound.
+
+    Tensors count with every name they will have: the command writes (and diff compares) each.
+    """
     stack: list[tuple[Any, int]] = [(obj, 0)]
-    count = 0
+    count = nbytes = 0
     while stack:
         item, depth = stack.pop()
         count += 1
+        if isinstance(item, torch.Tensor) and item.layout == torch.strided and not item.is_meta:
+            nbytes += item.numel() * item.element_size()
+            if nbytes > max_bytes:
+                raise FileFormatError(
+                    "reading",
+                    path,
+                    f"its tensors, counted under every name they have, hold more than {max_bytes} bytes "
+                    f"({MAX_REPEAT} times the file's size plus {MAX_TENSOR_SLACK >> 20} MiB): the same data is "
+                    "referred to again and again, or viewed with repeating strides",
+                    "Save each tensor once, under one name, without expanded views",
+                )
         if depth > MAX_DEPTH:
             raise UnsupportedError(
                 "reading",
@@ -336,54 +354,6 @@ def _entry(name: str, leaf: Any, path: str) -> Entry:
         raise refuse(f"has dtype {leaf.dtype}, which NumPy cannot hold", "Save it as a NumPy-compatible dtype")
     tensor = leaf.detach()
     return Entry(name, row.numpy, tuple(tensor.shape), lambda: to_numpy(tensor))
-
-
-def _check_claims(path: str, layout: _Zip) -> None:
-    """Each storage's size (from the pickle) must be its record's size.
-
-    torch checks this when it reads records, but with ``mmap=True`` it slices the storage out of the
-    mapped file at the record's offset without checking, so a damaged file would hand out the bytes
-    of the records that follow. The pickle is read once more with torch's weights-only unpickler,
-    storages as meta tensors (no data); torch without those internals skips the check.
-    """
-    offset, length = layout.records[f"{layout.prefix}/data.pkl"]
-    with open(path, "rb") as f:
-        f.seek(offset)
-        pickle_bytes = f.read(length)
-    claims = _storage_claims(pickle_bytes)
-    for key, nbytes in (claims or {}).items():
-        record = layout.records.get(f"{layout.prefix}/data/{key}")
-        if record is None or record[1] != nbytes:
-            held = "no record" if record is None else f"a record of {record[1]} bytes"
-            raise bad_file(path, f"storage {key!r} claims {nbytes} bytes but the file holds {held} for it")
-
-
-def _storage_claims(pickle_bytes: bytes) -> dict[str, int] | None:
-    """Storage key -> bytes claimed, or None where this torch's internals differ."""
-    try:
-        from torch._weights_only_unpickler import Unpickler
-    except ImportError:
-        return None
-    claims: dict[str, int] = {}
-
-    def persistent_load(pid: tuple[Any, ...]) -> Any:
-        _, storage_type, key, _, numel = pid
-        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
-        nbytes = int(numel) * dtype.itemsize
-        claims[str(key)] = nbytes
-        # As torch's own loader does for map_location="meta": a storage of the size, with no data.
-        meta = torch.UntypedStorage(nbytes, device="meta")  # type: ignore[no-untyped-call]  # untyped in torch
-        return torch.storage.TypedStorage(wrap_storage=meta, dtype=dtype, _internal=True)  # type: ignore[no-untyped-call]
-
-    unpickler = Unpickler(io.BytesIO(pickle_bytes), encoding="utf-8")
-    unpickler.persistent_load = persistent_load  # type: ignore[method-assign]  # the hook torch's own _load sets
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # as in _torch_load
-            unpickler.load()  # type: ignore[no-untyped-call]  # torch's unpickler is untyped
-    except Exception:  # torch.load already accepted these bytes: a failure here is torch's internals changing
-        return None
-    return claims
 
 
 def _view_key(arr: np.ndarray[Any, Any]) -> tuple[Any, ...] | None:
