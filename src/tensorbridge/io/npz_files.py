@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import ConversionError, UnsupportedError
 from . import structure as _structure
-from .base import MAX_HEADER_BYTES, Archive, Entry, bad_file, check_size
+from .base import Archive, Entry, bad_file, check_size
 from .npy_files import _finish, _Header, _map, _prepared, _read_exact, _read_header, _short, _stored_dtype
 
 __all__ = ["NPZ", "RECORD_MEMBER", "NpzFormat"]
@@ -66,6 +66,19 @@ _ZIP_ERRORS: Final = (
     OverflowError,
 )
 _FIX_ZIP: Final = "Check that the file is complete, or save it again with np.savez"
+_FIX_RECORD: Final = (
+    f"Convert it without the record (remove the {RECORD_MEMBER} member, zip -d) to read the arrays by their flat "
+    "names, or convert from the source again"
+)
+# The zip end records (APPNOTE 4.3.16, 4.3.15, 4.3.14) and the fixed part of a directory entry.
+_EOCD: Final = struct.Struct("<4s4H2LH")
+_EOCD_MAGIC: Final = b"PK\x05\x06"
+_ZIP64_LOCATOR: Final = struct.Struct("<4sLQL")
+_ZIP64_LOCATOR_MAGIC: Final = b"PK\x06\x07"
+_ZIP64_EOCD: Final = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_EOCD_MAGIC: Final = b"PK\x06\x06"
+_CENTRAL: Final = 46  # bytes of a directory entry before its name, extra field and comment
+_CENTRAL_MAGIC: Final = b"PK\x01\x02"
 
 
 class NpzFormat:
@@ -108,10 +121,12 @@ class NpzFormat:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             try:
+                _check_directory(path, f, size)  # before zipfile builds an object per directory entry
                 with zipfile.ZipFile(f) as zf:
+                    record_info = None
                     for info, start in _members(path, f, zf.infolist(), size):
                         if info.filename == RECORD_MEMBER:
-                            record = _read_record(path, zf, info)
+                            record_info = info
                             continue
                         with zf.open(info) as member:
                             header = _read_header(member, info.file_size, path, f"member {info.filename!r}")
@@ -120,6 +135,8 @@ class NpzFormat:
                         else:
                             load = partial(_inflate, path, info, header, size)
                         entries.append(Entry(info.filename[:-4], header.loads_as, header.shape, load))
+                    if record_info is not None:
+                        record = _read_record(path, zf, record_info, [e.name for e in entries])
             except ConversionError:
                 raise
             except _ZIP_ERRORS as err:
@@ -164,7 +181,8 @@ class NpzFormat:
             _check_member_name(path, e.name, names)
             _stored_dtype(path, e.name, e.dtype)
         flat = {"dict": [[e.name, {"t": e.name}] for e in entries]}
-        record = None if structure is None or structure == flat else _structure.dumps(structure).encode()
+        text = _structure.writable(path, [e.name for e in entries], None if structure == flat else structure)
+        record = None if text is None else text.encode()
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for e in entries:
                 data = _prepared(path, e)
@@ -179,6 +197,81 @@ NPZ: Final = NpzFormat()
 
 
 # ----------------------------------------------------------------------------------- zip members
+
+
+def _check_directory(path: str, f: IO[bytes], size: int) -> None:
+    """Bound the zip directory from its end records, and count its entries, before zipfile parses it.
+
+    zipfile builds a ``ZipInfo`` (about 700 bytes) for every entry in the directory before anything
+    can look at one, so a small file listing millions of entries costs gigabytes. The end records
+    are found and read as zipfile does (the last 22 bytes, else the last 64 KiB; a zip64 record
+    right before its locator); then the directory must lie inside the file, declare at most
+    ``MAX_ARRAYS + 1`` entries (the arrays and the record) and have room for each (46 bytes in the
+    directory, a 30-byte local header before it); finally its entries are counted by their lengths
+    alone, which must agree.
+    """
+    if size < _EOCD.size:
+        raise bad_file(path, f"it is not a valid zip archive ({size} bytes, too few for its end record)", _FIX_ZIP)
+    f.seek(size - _EOCD.size)
+    tail = f.read(_EOCD.size)
+    at = size - _EOCD.size
+    if tail[:4] != _EOCD_MAGIC or tail[-2:] != b"\0\0":  # an archive comment: search as zipfile does
+        start = max(size - _EOCD.size - 0xFFFF, 0)
+        f.seek(start)
+        found = f.read(size - start).rfind(_EOCD_MAGIC)
+        if found < 0 or start + found + _EOCD.size > size:
+            raise bad_file(path, "it is not a valid zip archive (no end-of-central-directory record)", _FIX_ZIP)
+        at = start + found
+        f.seek(at)
+        tail = f.read(_EOCD.size)
+    _, disk, cd_disk, _, entries, cd_size, _, _ = _EOCD.unpack(tail)
+    zip64 = 0
+    if at >= _ZIP64_LOCATOR.size + _ZIP64_EOCD.size:
+        f.seek(at - _ZIP64_LOCATOR.size)
+        if _ZIP64_LOCATOR.unpack(f.read(_ZIP64_LOCATOR.size))[0] == _ZIP64_LOCATOR_MAGIC:
+            f.seek(at - _ZIP64_LOCATOR.size - _ZIP64_EOCD.size)
+            record = _ZIP64_EOCD.unpack(f.read(_ZIP64_EOCD.size))
+            if record[0] == _ZIP64_EOCD_MAGIC:  # else zipfile ignores the locator too
+                _, _, _, _, disk, cd_disk, _, entries, cd_size, _ = record
+                zip64 = _ZIP64_LOCATOR.size + _ZIP64_EOCD.size
+    begin = at - zip64 - cd_size  # where zipfile reads the directory from
+    if disk != 0 or cd_disk != 0:
+        raise UnsupportedError("reading", path, "it is one part of a multi-disk zip", "Join the parts into one file")
+    if begin < 0:
+        raise bad_file(
+            path,
+            f"it is not a valid zip archive (its directory claims {cd_size} bytes, more than the {at} before its end)",
+            _FIX_ZIP,
+        )
+    if entries > _structure.MAX_ARRAYS + 1:
+        raise bad_file(
+            path,
+            f"its zip directory lists {entries} members, more than the {_structure.MAX_ARRAYS} arrays a file may hold",
+            "Do not use this file, or split its arrays over several files",
+        )
+    if entries * _CENTRAL > cd_size or entries * _LOCAL_HEADER > begin:
+        raise bad_file(
+            path, f"its zip directory lists {entries} members, more than its {cd_size} bytes can hold", _FIX_ZIP
+        )
+    f.seek(begin)
+    directory = f.read(cd_size)
+    count = offset = 0
+    while offset < len(directory):
+        if directory[offset : offset + 4] != _CENTRAL_MAGIC or offset + _CENTRAL > len(directory):
+            raise bad_file(
+                path, f"it is not a valid zip archive (its directory is damaged at byte {begin + offset})", _FIX_ZIP
+            )
+        name, extra, comment = struct.unpack_from("<3H", directory, offset + 28)
+        offset += _CENTRAL + name + extra + comment
+        count += 1
+        if count > entries:
+            break
+    if count != entries or len(directory) != cd_size:
+        raise bad_file(
+            path,
+            f"it is not a valid zip archive (its directory holds other than the {entries} members its end lists)",
+            _FIX_ZIP,
+        )
 
 
 def _members(path: str, f: IO[bytes], infos: list[zipfile.ZipInfo], size: int) -> list[tuple[zipfile.ZipInfo, int]]:
@@ -233,16 +326,36 @@ def _members(path: str, f: IO[bytes], infos: list[zipfile.ZipInfo], size: int) -
     return out
 
 
-def _read_record(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
-    if info.file_size > MAX_HEADER_BYTES:
-        raise bad_file(path, f"the nesting record claims {info.file_size} bytes, over {MAX_HEADER_BYTES}")
+def _read_record(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, names: list[str]) -> Any:
+    """The nesting record, bounded by the names present before a byte is decompressed, then validated."""
+    max_bytes, max_values = _structure.record_budget(names)
+    if info.file_size > max_bytes:
+        raise bad_file(
+            path,
+            f"the nesting record claims {info.file_size} bytes, more than the {max_bytes} its {len(names)} arrays "
+            "allow",
+            _FIX_RECORD,
+        )
     with zf.open(info) as member:
+        # zipfile stops at the declared size; read(n + 1) bounds the memory even if it did not.
         raw = _read_exact(member, info.file_size + 1)
+    if len(raw) != info.file_size:
+        raise bad_file(path, f"the nesting record holds {len(raw)} bytes, not the {info.file_size} declared", _FIX_ZIP)
+    values = _structure.json_values(raw)
+    if values > max_values:  # counted on the bytes, before they are decoded or parsed
+        raise bad_file(
+            path,
+            f"the nesting record holds up to {values} JSON values, more than the {max_values} allowed",
+            _FIX_RECORD,
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise bad_file(path, f"the nesting record is not UTF-8 ({err.reason})") from err
-    return _structure.loads(text, where=path)
+        raise bad_file(path, f"the nesting record is not UTF-8 ({err.reason})", _FIX_RECORD) from err
+    del raw
+    record = _structure.loads(text, where=path, names=names)
+    _structure.validate(record, names, where=path)
+    return record
 
 
 def _inflate(path: str, info: zipfile.ZipInfo, header: _Header, size: int) -> np.ndarray[Any, Any]:

@@ -6,14 +6,11 @@ then the data buffer; offsets count from the start of the buffer, the tensors ti
 gap, no overlap, nothing after the last one), data is little-endian and in C order.
 
 Reading follows the reference implementation's rules (huggingface/safetensors ``tensor.rs``) and
-checks everything before any data is touched: the header length against
-:data:`~tensorbridge.io.base.MAX_HEADER_BYTES` and the file size, strict JSON (no NaN, no
-duplicate key anywhere), the exact key set of each tensor, shapes of non-negative ints whose
-element count fits a u64, offsets that match dtype size times element count, and the tiling. It is
-stricter than the reference in three ways, each refusing an ambiguity rather than guessing: a
-duplicated tensor name (the reference keeps one silently), a tensor with keys besides ``dtype``,
-``shape`` and ``data_offsets`` (they would be lost), and a name that is not valid Unicode.
-:meth:`Entry.load` memory-maps the tensor read-only; nothing is copied.
+checks everything before any data is touched, in layers that each bound what the next may spend
+(``safetensors_header.py``: the header length, a count of its JSON values before parsing, strict
+JSON, the number of tensors, each tensor's name, keys, dtype, shape and offsets, and the tiling of
+the data buffer). A nesting record is then bounded by the names present and checked against them
+(``structure.validate``). :meth:`Entry.load` memory-maps the tensor read-only; nothing is copied.
 
 Dtypes: every code the reference knows is validated. Those with a tensorbridge row load as it
 (BF16 and F8_* as ``ml_dtypes``); ``C64`` (complex64, safetensors >= 0.7), ``F8_E4M3FNUZ``,
@@ -40,72 +37,40 @@ import os
 import struct
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import IO, Any, Final
 
 import numpy as np
 
 from .._convert.blocks import blocks
-from ..dtypes import ROWS, DtypeRow, row_for_numpy
+from ..dtypes import DtypeRow, row_for_numpy
 from ..errors import StructureError, UnsupportedError
 from . import structure as _structure
-from .base import MAX_HEADER_BYTES, Archive, Entry, bad_file, check_size
+from .base import Archive, Entry, bad_file
+from .safetensors_header import (
+    CODES,
+    DTYPES_KEY,
+    EXACT_ROWS,
+    MAX_HEADER_BYTES,
+    METADATA,
+    STRUCTURE_KEY,
+    Info,
+    carried_dtypes,
+    read_header,
+    short,
+)
 
-__all__ = ["SAFETENSORS", "SafetensorsFormat"]
+__all__ = ["DTYPES_KEY", "SAFETENSORS", "STRUCTURE_KEY", "SafetensorsFormat"]
 
-STRUCTURE_KEY: Final = "tensorbridge.structure"
-DTYPES_KEY: Final = "tensorbridge.dtypes"
-_METADATA: Final = "__metadata__"
-_FIELDS: Final = frozenset({"dtype", "shape", "data_offsets"})
-_U64_MAX: Final = 2**64 - 1
-# The reference refuses headers over 100_000_000 bytes, a little less than MAX_HEADER_BYTES.
-_REFERENCE_HEADER_LIMIT: Final = 100_000_000
+_METADATA: Final = METADATA
 # Bytes of a non-contiguous or big-endian tensor converted at a time while writing.
 _CHUNK_BYTES = 16 << 20
-_MAX_DIMS: Final = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
 
-# Every code the reference knows: bits per element, and the tensorbridge dtype it loads as (None:
-# no NumPy dtype holds it).
-_CODES: Final[dict[str, tuple[int, str | None]]] = {
-    "BOOL": (8, "bool"),
-    "U8": (8, "uint8"),
-    "I8": (8, "int8"),
-    "U16": (16, "uint16"),
-    "I16": (16, "int16"),
-    "U32": (32, "uint32"),
-    "I32": (32, "int32"),
-    "U64": (64, "uint64"),
-    "I64": (64, "int64"),
-    "F16": (16, "float16"),
-    "BF16": (16, "bfloat16"),
-    "F32": (32, "float32"),
-    "F64": (64, "float64"),
-    "C64": (64, "complex64"),
-    "F8_E4M3": (8, "float8_e4m3fn"),
-    "F8_E5M2": (8, "float8_e5m2"),
-    "F8_E4M3FNUZ": (8, "float8_e4m3fnuz"),
-    "F8_E5M2FNUZ": (8, "float8_e5m2fnuz"),
-    "F8_E8M0": (8, "float8_e8m0fnu"),
-    "F4": (4, None),
-    "F6_E2M3": (6, None),
-    "F6_E3M2": (6, None),
-}
-_EXACT_ROWS: Final = {row.name: row for row in ROWS if row.exact}
+_MAX_DIMS: Final = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
+_CODES: Final = CODES
+_EXACT_ROWS: Final = EXACT_ROWS
 _ROW_BY_CODE: Final = {code: _EXACT_ROWS[n] for code, (_, n) in _CODES.items() if n in _EXACT_ROWS}
 _CODE_BY_ROW: Final = {row.name: code for code, row in _ROW_BY_CODE.items()}
-_FIX_SOURCE: Final = "Convert from the source again, or check that the file was copied completely"
-
-
-@dataclass(frozen=True)
-class _Info:
-    """One tensor of a header, validated."""
-
-    name: str
-    code: str
-    shape: tuple[int, ...]
-    begin: int
-    end: int
 
 
 class SafetensorsFormat:
@@ -143,18 +108,14 @@ class SafetensorsFormat:
             >>> tmp.cleanup()
         """
         path = os.fspath(path)
-        n, size, header = _read_header(path)
-        infos: list[_Info] = []
-        metadata: dict[str, str] = {}
-        for key, value in header.items():
-            if key == _METADATA:
-                metadata = _metadata(path, value)
-            else:
-                infos.append(_info(path, key, value))
-        _check_tiling(path, infos, size - 8 - n)
-        carried = _carried(path, metadata.pop(DTYPES_KEY, None), infos)
+        n, size, infos, metadata = read_header(path)
+        carried = carried_dtypes(path, metadata.pop(DTYPES_KEY, None), infos)
         record = metadata.pop(STRUCTURE_KEY, None)
-        nesting = None if record is None else _structure.loads(record, where=path)
+        names = [info.name for info in infos]
+        nesting = None
+        if record is not None:
+            nesting = _structure.loads(record, where=path, names=names)
+            _structure.validate(nesting, names, where=path)
         entries = [_entry(path, info, carried.get(info.name), 8 + n, size) for info in infos]
         return Archive(entries, nesting, metadata)
 
@@ -203,154 +164,7 @@ SAFETENSORS: Final = SafetensorsFormat()
 # ----------------------------------------------------------------------------------- reading
 
 
-def _read_header(path: str) -> tuple[int, int, dict[str, Any]]:
-    """The header length, the file size and the parsed header (a JSON object)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise bad_file(path, f"the file holds {size} bytes, fewer than the 8 of the header length")
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > MAX_HEADER_BYTES:
-            raise bad_file(path, f"the header claims {n} bytes, more than the limit of {MAX_HEADER_BYTES}")
-        check_size(path, n, size - 8, "the header")
-        raw = f.read(n)
-    if len(raw) != n:
-        raise bad_file(path, f"the file shrank while its {n}-byte header was read")
-    header = _strict_json(path, raw, "the header")
-    if not isinstance(header, dict):
-        raise bad_file(path, f"the header is a JSON {type(header).__name__}, not an object")
-    return n, size, header
-
-
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:  # json.loads would keep the last silently; the reference refuses most
-            raise _DuplicateKeyError(f"the key {key!r} appears twice")
-        obj[key] = value
-    return obj
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _strict_json(path: str, raw: bytes | str, what: str) -> Any:
-    """Parse JSON as the reference does: UTF-8, no NaN/Infinity, no duplicate keys."""
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    except UnicodeDecodeError as err:
-        raise bad_file(path, f"{what} is not UTF-8 ({err.reason} at byte {err.start})") from err
-    except (ValueError, RecursionError) as err:  # JSONDecodeError, duplicates, NaN, huge ints
-        raise bad_file(path, f"{what} is not valid JSON ({err})") from err
-
-
-def _check_text(path: str, text: str, what: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:  # a lone surrogate escape such as "\ud800"
-        raise bad_file(path, f"{what} {text!r} is not valid Unicode") from err
-
-
-def _is_u64(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= _U64_MAX
-
-
-def _info(path: str, name: str, value: object) -> _Info:
-    """Validate one tensor's header entry on its own (the tiling is checked afterwards)."""
-    _check_text(path, name, "the tensor name")
-    if not isinstance(value, dict):
-        raise bad_file(path, f"tensor {name!r} is described by a JSON {type(value).__name__}, not an object")
-    if value.keys() != _FIELDS:
-        missing, unknown = sorted(_FIELDS - value.keys()), sorted(value.keys() - _FIELDS)
-        why = f"lacks {missing}" if missing else f"has keys besides dtype, shape and data_offsets: {unknown}"
-        raise bad_file(path, f"tensor {name!r} {why}")
-    code, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
-    if not isinstance(code, str) or code not in _CODES:
-        raise bad_file(path, f"tensor {name!r} has dtype {code!r}, which safetensors does not define")
-    if not isinstance(shape, list) or not all(_is_u64(d) for d in shape):
-        raise bad_file(path, f"tensor {name!r} has shape {shape!r}, not a list of non-negative integers")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_u64(o) for o in offsets):
-        raise bad_file(path, f"tensor {name!r} has data_offsets {offsets!r}, not two non-negative integers")
-    begin, end = offsets
-    if end < begin:
-        raise bad_file(path, f"tensor {name!r} ends (byte {end}) before it begins (byte {begin})")
-    count = 1
-    for d in shape:
-        count *= d
-        if count > _U64_MAX:  # as the reference: the running product must fit a u64
-            raise bad_file(path, f"tensor {name!r} has shape {shape}, whose element count overflows 64 bits")
-    bits = count * _CODES[code][0]
-    if bits % 8:
-        raise bad_file(path, f"tensor {name!r} ({code}, shape {shape}) does not end on a byte boundary")
-    if end - begin != bits // 8:
-        raise bad_file(
-            path, f"tensor {name!r} ({code}, shape {shape}) needs {bits // 8} bytes but its offsets span {end - begin}"
-        )
-    return _Info(name, code, tuple(shape), begin, end)
-
-
-def _check_tiling(path: str, infos: list[_Info], buffer: int) -> None:
-    """The tensors must cover the data buffer exactly, in offset order, as the reference requires."""
-    at = 0
-    for info in sorted(infos, key=lambda i: (i.begin, i.end)):
-        if info.begin != at:
-            kind = "a gap" if info.begin > at else "an overlap"
-            raise bad_file(path, f"tensor {info.name!r} begins at byte {info.begin} of the data, not {at} ({kind})")
-        at = info.end
-    if at != buffer:
-        why = "the file ends early" if at > buffer else "extra bytes follow the last tensor"
-        raise bad_file(path, f"the tensors cover {at} bytes of data but the file holds {buffer} ({why})")
-
-
-def _metadata(path: str, value: object) -> dict[str, str]:
-    if value is None:  # the reference accepts null
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise bad_file(path, f"__metadata__ is {_short(value)}, not an object of strings")
-    for k, v in value.items():
-        _check_text(path, k, "the metadata key")
-        _check_text(path, v, "the metadata value")
-    return dict(value)
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _carried(path: str, record: str | None, infos: list[_Info]) -> dict[str, DtypeRow]:
-    """Tensors stored as bytes (``U8``, one trailing dimension of the item size) and their dtypes."""
-    if record is None:
-        return {}
-    parsed = _strict_json(path, record, f"the {DTYPES_KEY} metadata")
-    if not isinstance(parsed, dict):
-        raise bad_file(path, f"the {DTYPES_KEY} metadata is {_short(parsed)}, not an object", _FIX_SOURCE)
-    by_name = {info.name: info for info in infos}
-    carried: dict[str, DtypeRow] = {}
-    for name, dtype_name in parsed.items():
-        row = _EXACT_ROWS.get(dtype_name) if isinstance(dtype_name, str) else None
-        info = by_name.get(name)
-        if row is None or info is None:
-            why = f"dtype {dtype_name!r} is unknown here" if row is None else f"names no tensor {name!r}"
-            raise bad_file(path, f"the {DTYPES_KEY} metadata {why}", _FIX_SOURCE)
-        if info.code != "U8" or not info.shape or info.shape[-1] != row.numpy.itemsize:
-            raise bad_file(
-                path,
-                f"tensor {name!r} is recorded as {row.name} but is {info.code} of shape {list(info.shape)}, "
-                f"not U8 with a last dimension of {row.numpy.itemsize}",
-                _FIX_SOURCE,
-            )
-        carried[name] = row
-    return carried
-
-
-def _entry(path: str, info: _Info, carried: DtypeRow | None, start: int, size: int) -> Entry:
+def _entry(path: str, info: Info, carried: DtypeRow | None, start: int, size: int) -> Entry:
     shape = info.shape if carried is None else info.shape[:-1]
     row = carried or _ROW_BY_CODE.get(info.code)
     if row is None:
@@ -365,7 +179,7 @@ def _entry(path: str, info: _Info, carried: DtypeRow | None, start: int, size: i
         raise UnsupportedError(
             "reading",
             path,
-            f"tensor {info.name!r} has {len(shape)} dimensions; NumPy holds at most {_MAX_DIMS}",
+            f"tensor {short(info.name)} has {len(shape)} dimensions; NumPy holds at most {_MAX_DIMS}",
             "Reshape it to fewer dimensions where it was written",
         )
     load = partial(_load, path, start + info.begin, row.numpy, shape, size)
@@ -415,6 +229,7 @@ def _plan(path: str, entries: Sequence[Entry], structure: Any, extra: dict[str, 
             code, shape = "U8", [*shape, row.numpy.itemsize]
             carried[e.name] = row.name
         described[e.name] = (code, shape)
+    record = _structure.writable(path, [e.name for e in entries], structure)
     metadata: dict[str, str] = {}
     for k, v in extra.items():
         _writable_text(path, k, "the metadata key")
@@ -422,8 +237,8 @@ def _plan(path: str, entries: Sequence[Entry], structure: Any, extra: dict[str, 
         if k in (STRUCTURE_KEY, DTYPES_KEY):
             raise UnsupportedError("writing", path, f"the metadata key {k!r} is tensorbridge's own", "Rename it")
         metadata[k] = v
-    if structure is not None:
-        metadata[STRUCTURE_KEY] = _structure.dumps(structure)
+    if record is not None:
+        metadata[STRUCTURE_KEY] = record
     if carried:
         metadata[DTYPES_KEY] = json.dumps(carried, separators=(",", ":"), ensure_ascii=False)
 
@@ -441,7 +256,7 @@ def _plan(path: str, entries: Sequence[Entry], structure: Any, extra: dict[str, 
         header[e.name] = {"dtype": code, "shape": shape, "data_offsets": offsets[e.name]}
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)  # the reference pads with spaces to a multiple of 8
-    limit = min(MAX_HEADER_BYTES, _REFERENCE_HEADER_LIMIT)
+    limit = MAX_HEADER_BYTES
     if len(text) > limit:
         raise UnsupportedError(
             "writing",
@@ -454,7 +269,7 @@ def _plan(path: str, entries: Sequence[Entry], structure: Any, extra: dict[str, 
 
 def _writable_text(path: str, text: object, what: str) -> None:
     if not isinstance(text, str):
-        raise UnsupportedError("writing", path, f"{what} {_short(text)} is not a str", "Use str names and metadata")
+        raise UnsupportedError("writing", path, f"{what} {short(text)} is not a str", "Use str names and metadata")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
