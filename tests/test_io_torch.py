@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import shlex
+import struct
 import subprocess
 import sys
 import tempfile
@@ -736,9 +737,15 @@ _LIMITED = """
 import resource, subprocess, sys
 limit = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+# ru_maxrss would report the forking parent's peak (a large pytest process): read VmHWM instead,
+# reset to the current size where the kernel allows it.
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
 from tensorbridge.cli import main
 code = main(["inspect", sys.argv[1]])
-print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
+with open("/proc/self/status") as f:
+    hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+print("peak", hwm // 1024, file=sys.stderr)
 sys.exit(code)
 """
 
@@ -764,3 +771,142 @@ def test_hostile_files_stay_within_a_memory_limit(tmp_path: Path, name: str) -> 
     assert run.returncode == 2, run.stderr[-2000:]
     assert len(lines) == 2 and lines[0].startswith("tensorbridge: error: reading at "), run.stderr[-2000:]
     assert int(lines[1].split()[1]) < 600, lines  # peak resident MB (torch alone takes ~240)
+
+
+# ---------------------------------------------------------------- the streaming writer (pt_writer)
+
+
+def _write_checkpoint(path: Path) -> tuple[Any, list[Entry], Any]:
+    """A nested checkpoint of every exact dtype with a tied pair, written by PT.write from its leaves."""
+    from tensorbridge.io.structure import flatten
+
+    obj: Any = collections.OrderedDict(
+        model={"w": torch.randn(3, 4), "layers": [torch.ones(2), (torch.arange(3), 7)]},
+        **{row.name: tb.to_tensor(random_bits(row, (2, 3), seed=5), copy=True) for row in EXACT_ROWS},
+        step=3,
+    )
+    obj["tied"] = obj["model"]["w"]
+    leaves, record = flatten(obj)
+    arrays: dict[int, np.ndarray[Any, Any]] = {}
+    entries = []
+    for name, leaf in leaves:
+        arr = arrays.setdefault(id(leaf), tb.to_numpy(leaf))  # one array for the tied pair, as PT.read gives
+        entries.append(entry(name, arr))
+    PT.write(str(path), entries, record, {})
+    return obj, entries, record
+
+
+def test_the_pickle_is_the_one_torch_save_writes(tmp_path: Path) -> None:
+    obj, _, _ = _write_checkpoint(tmp_path / "mine.pt")
+    save(obj, tmp_path / "torch.pt")
+    with zipfile.ZipFile(tmp_path / "torch.pt") as zf:
+        theirs = zf.read("torch/data.pkl")
+        their_names = {n.split("/", 1)[1] for n in zf.namelist()}
+    with zipfile.ZipFile(tmp_path / "mine.pt") as zf:
+        assert zf.read("archive/data.pkl") == theirs  # v2 and v3 rebuilds, storage ids, tie, containers
+        assert {n.split("/", 1)[1] for n in zf.namelist()} == their_names
+        assert zf.read("archive/version") == b"3\n" and zf.read("archive/.storage_alignment") == b"64"
+        assert re.fullmatch(rb"\d{40}", zf.read("archive/.data/serialization_id"))
+        assert zf.testzip() is None  # every CRC-32 right
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_torch_loads_it_safely_mapped_and_by_computed_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mmap: bool
+) -> None:
+    from torch.utils.serialization import config
+
+    obj, _, _ = _write_checkpoint(tmp_path / "a.pt")
+    monkeypatch.setenv("TORCH_SERIALIZATION_DEBUG", "1")  # torch asserts each computed offset is the record's
+    before = config.load.calculate_storage_offsets
+    config.load.calculate_storage_offsets = True  # a config proxy: monkeypatch cannot set it
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            back = torch.load(tmp_path / "a.pt", weights_only=True, mmap=mmap)
+    finally:
+        config.load.calculate_storage_offsets = before
+    assert type(back) is collections.OrderedDict and list(back) == list(obj)
+    assert back["step"] == 3 and back["model"]["layers"][1][1] == 7 and isinstance(back["model"]["layers"][1], tuple)
+    assert back["tied"].data_ptr() == back["model"]["w"].data_ptr()
+    for row in EXACT_ROWS:
+        assert back[row.name].dtype == row.torch
+        assert bits(tb.to_numpy(back[row.name])) == bits(tb.to_numpy(obj[row.name])), row.name
+
+
+def test_records_are_aligned_as_torch_aligns_them(tmp_path: Path) -> None:
+    _write_checkpoint(tmp_path / "a.pt")
+    data = (tmp_path / "a.pt").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.pt") as zf:
+        for info in zf.infolist():
+            name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+            start = info.header_offset + 30 + name_len + extra_len
+            assert start % 64 == 0, info.filename
+            assert data[info.header_offset + 30 + name_len : info.header_offset + 32 + name_len] == b"FB"
+
+
+def test_zip64_records_and_directory_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorbridge.io import pt_writer
+
+    monkeypatch.setattr(pt_writer, "ZIP64_FROM", 100)  # every record, offset and the directory past "4 GiB"
+    arrays = {f"w{i}": np.random.default_rng(i).standard_normal(40 + 30 * i).astype(np.float32) for i in range(4)}
+    arrays["empty"] = np.zeros((0, 3), np.float32)
+    PT.write(str(tmp_path / "a.pt"), [entry(k, v) for k, v in arrays.items()], None, {})
+    with zipfile.ZipFile(tmp_path / "a.pt") as zf:
+        assert zf.testzip() is None
+    for mmap in (False, True):
+        back = torch.load(tmp_path / "a.pt", weights_only=True, mmap=mmap)
+        assert all(np.array_equal(back[k].numpy(), v) for k, v in arrays.items())
+    assert all(np.array_equal(e.load(), arrays[e.name]) for e in PT.read(str(tmp_path / "a.pt")).entries)
+
+
+def test_storages_are_written_in_the_order_the_record_names_them(tmp_path: Path) -> None:
+    a, b = np.zeros(3, np.float32), np.ones(5, np.float32)
+    record = {"dict": [["b", {"t": "b"}], ["a", {"t": "a"}]]}
+    PT.write(str(tmp_path / "a.pt"), [entry("a", a), entry("b", b)], record, {})
+    with zipfile.ZipFile(tmp_path / "a.pt") as zf:
+        assert zf.getinfo("archive/data/0").file_size == b.nbytes  # b comes first in the record
+    assert list(torch.load(tmp_path / "a.pt", weights_only=True)) == ["b", "a"]
+
+
+def test_memory_freed_between_entries_is_never_taken_for_a_tie(tmp_path: Path) -> None:
+    # Each load allocates a fresh array; the allocator hands the freed address out again, so the
+    # same address, dtype and shape recur with different data.
+    entries = [
+        Entry(f"w{i}", np.dtype(np.float32), (1000,), functools.partial(np.full, 1000, i, np.float32)) for i in range(8)
+    ]
+    PT.write(str(tmp_path / "a.pt"), entries, None, {})
+    back = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert [int(back[f"w{i}"][0]) for i in range(8)] == list(range(8))
+    assert len({t.data_ptr() for t in back.values()}) == 8
+
+
+_STREAM = """
+import resource, sys
+import numpy as np
+from tensorbridge.io.base import Entry
+from tensorbridge.io.torch_files import PT
+n = 8 << 20  # 32 MiB of float32 per entry, 256 MiB in all, each made fresh when it is loaded
+entries = [Entry(f"w{i}", np.dtype(np.float32), (n,), lambda i=i: np.full(n, i, np.float32)) for i in range(8)]
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+PT.write(sys.argv[1], entries, None, {})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 - start)
+"""
+
+
+def test_writing_holds_one_entry_at_a_time_not_the_model(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _STREAM, str(tmp_path / "a.pt")], capture_output=True, text=True, check=True
+    )
+    # torch.save needed all 256 MiB at once; streaming holds one 32 MiB entry plus a piece.
+    assert int(out.stdout) < 100, out.stdout
+    back = torch.load(tmp_path / "a.pt", weights_only=True, mmap=True)
+    assert [int(back[f"w{i}"][-1]) for i in range(8)] == list(range(8))
+
+
+def test_permuted_dense_memory_keeps_its_strides(tmp_path: Path) -> None:
+    base = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    arr = base.transpose(2, 0, 1)  # dense, in no standard order
+    PT.write(str(tmp_path / "a.pt"), [entry("p", arr)], None, {})
+    back = torch.load(tmp_path / "a.pt", weights_only=True)["p"]
+    assert back.stride() == tuple(s // 4 for s in arr.strides) and back.numpy().tolist() == arr.tolist()
