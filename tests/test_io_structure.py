@@ -359,3 +359,42 @@ def test_a_header_claiming_more_than_the_file_holds(tmp_path: Path, case: str) -
     refused_by_cli("inspect", str(path), cause=cause)
     refused_by_cli("convert", str(path), str(tmp_path / "out.pt"), cause=cause)
     assert not (tmp_path / "out.pt").exists()
+
+
+# --- string metadata in .npz -----------------------------------------------------------------
+
+
+def test_npz_keeps_string_metadata(tmp_path: Path) -> None:
+    from tensorbridge.io.npz_files import METADATA_MEMBER
+
+    w = np.eye(2)
+    path = tmp_path / "m.npz"
+    NPZ.write(str(path), [Entry("w", w.dtype, w.shape, lambda: w)], None, {"format": "pt", "ü": "x"})
+    assert NPZ.read(str(path)).extra == {"format": "pt", "ü": "x"}
+    with np.load(path) as npz:
+        assert sorted(npz.files) == [METADATA_MEMBER, "w"]
+    plain = tmp_path / "p.npz"
+    NPZ.write(str(plain), [Entry("w", w.dtype, w.shape, lambda: w)], None, {})
+    with np.load(plain) as npz:
+        assert npz.files == ["w"]  # no metadata, no member
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"[1, 2]", "not one JSON object of strings"),
+        (b'{"a": 1}', "not one JSON object of strings"),
+        (b"{not json", "the metadata is not JSON"),
+        (b'{"a": "' + b"x" * (1 << 20) + b'"}', "more than the 1048576 allowed"),
+    ],
+)
+def test_npz_metadata_member_is_validated(tmp_path: Path, payload: bytes, message: str) -> None:
+    from tensorbridge.io.npz_files import METADATA_MEMBER
+
+    path = tmp_path / "bad.npz"
+    np.savez(path, w=np.ones(2))
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(METADATA_MEMBER, payload)
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["inspect", str(path)], out=out, err=err) == 2
+    assert message in err.getvalue() and err.getvalue().count("\n") == 1, err.getvalue()

@@ -16,8 +16,11 @@ names: non-empty, valid Unicode, no NUL or backslash, not starting with ``/``, n
 or ``..`` part between slashes (such names are refused, never changed). The nesting record
 (``structure.py``) is kept as the JSON member ``__tensorbridge__.json``, written only when it
 says more than the flat names do; ``np.load`` lists it as a key whose value is its bytes.
-``extra`` has no place in a ``.npz`` and is not kept. A member that is neither a ``.npy`` array
-nor the record raises :class:`UnsupportedError` (it would be lost in silence otherwise).
+``extra`` (string metadata, such as safetensors' ``{"format": "pt"}``) is kept as the JSON
+member ``__tensorbridge_metadata__.json``, written only when there is some, read bounded
+(:data:`MAX_METADATA_BYTES`) and checked to be an object of strings. A member that is neither a
+``.npy`` array nor one of the two records raises :class:`UnsupportedError` (it would be lost in
+silence otherwise).
 
 bfloat16 and float8 arrays are stored in members as ``npy_files.py`` stores them (a one-field
 structured dtype, see there).
@@ -26,6 +29,7 @@ structured dtype, see there).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import struct
 import zipfile
@@ -41,10 +45,15 @@ from . import structure as _structure
 from .base import Archive, Entry, bad_file, check_size
 from .npy_files import _finish, _Header, _map, _prepared, _read_exact, _read_header, _short, _stored_dtype
 
-__all__ = ["NPZ", "RECORD_MEMBER", "NpzFormat"]
+__all__ = ["METADATA_MEMBER", "NPZ", "RECORD_MEMBER", "NpzFormat"]
 
 #: The member of an .npz file that holds the nesting record (JSON, ``structure.dumps``).
 RECORD_MEMBER: Final = "__tensorbridge__.json"
+#: The member that holds string metadata (``Archive.extra``): one JSON object of strings.
+METADATA_MEMBER: Final = "__tensorbridge_metadata__.json"
+#: The most bytes the metadata member may hold: metadata is a few short strings in practice, and a
+#: deflated member may claim ~1000x its size, so this bounds what a small file can make us parse.
+MAX_METADATA_BYTES: Final = 1 << 20
 # DEFLATE tops out near 1032:1 (an all-zero float64 array reaches 1028:1); more is a lie.
 _MAX_RATIO: Final = 1100
 _CHUNK: Final = 1 << 20  # bytes decompressed at a time
@@ -118,15 +127,19 @@ class NpzFormat:
         path = os.fspath(path)
         entries: list[Entry] = []
         record: Any = None
+        metadata: dict[str, str] = {}
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             try:
                 _check_directory(path, f, size)  # before zipfile builds an object per directory entry
                 with zipfile.ZipFile(f) as zf:
-                    record_info = None
+                    record_info = metadata_info = None
                     for info, start in _members(path, f, zf.infolist(), size):
                         if info.filename == RECORD_MEMBER:
                             record_info = info
+                            continue
+                        if info.filename == METADATA_MEMBER:
+                            metadata_info = info
                             continue
                         with zf.open(info) as member:
                             header = _read_header(member, info.file_size, path, f"member {info.filename!r}")
@@ -137,11 +150,13 @@ class NpzFormat:
                         entries.append(Entry(info.filename[:-4], header.loads_as, header.shape, load))
                     if record_info is not None:
                         record = _read_record(path, zf, record_info, [e.name for e in entries])
+                    if metadata_info is not None:
+                        metadata = _read_metadata(path, zf, metadata_info)
             except ConversionError:
                 raise
             except _ZIP_ERRORS as err:
                 raise bad_file(path, f"it is not a valid zip archive ({_short(err)})", _FIX_ZIP) from err
-        return Archive(entries, record)
+        return Archive(entries, record, metadata)
 
     def write(self, path: str, entries: Sequence[Entry], structure: Any, extra: dict[str, str]) -> None:
         """Write the entries to a new ``.npz`` file at ``path``, one STORED member at a time.
@@ -152,7 +167,7 @@ class NpzFormat:
             path: the file to create (the caller renames it into place).
             entries: the arrays; names must be unique zip member names (see the module docs).
             structure: the nesting record, kept as ``__tensorbridge__.json`` unless None or flat.
-            extra: ignored (a ``.npz`` has no place for it).
+            extra: string metadata, kept as ``__tensorbridge_metadata__.json`` unless empty.
 
         Raises:
             UnsupportedError: (TypeError) a name that is no zip member name or appears twice, or a
@@ -183,6 +198,7 @@ class NpzFormat:
         flat = {"dict": [[e.name, {"t": e.name}] for e in entries]}
         text = _structure.writable(path, [e.name for e in entries], None if structure == flat else structure)
         record = None if text is None else text.encode()
+        meta = _metadata_bytes(path, extra)
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for e in entries:
                 data = _prepared(path, e)
@@ -191,6 +207,8 @@ class NpzFormat:
                 del data  # one entry's data in memory at a time
             if record is not None:
                 zf.writestr(_member_info(zf, RECORD_MEMBER, aligned=False), record)
+            if meta is not None:
+                zf.writestr(_member_info(zf, METADATA_MEMBER, aligned=False), meta)
 
 
 NPZ: Final = NpzFormat()
@@ -284,7 +302,7 @@ def _members(path: str, f: IO[bytes], infos: list[zipfile.ZipInfo], size: int) -
         if name in seen:
             raise bad_file(path, f"member {name!r} appears twice in the zip directory", _FIX_ZIP)
         seen.add(name)
-        if name != RECORD_MEMBER and not name.endswith(".npy"):
+        if name not in (RECORD_MEMBER, METADATA_MEMBER) and not name.endswith(".npy"):
             raise UnsupportedError(
                 "reading",
                 path,
@@ -324,6 +342,44 @@ def _members(path: str, f: IO[bytes], infos: list[zipfile.ZipInfo], size: int) -
         if begin < end:  # shared bytes multiply what a small file can claim (a zip bomb)
             raise bad_file(path, f"members {before!r} and {after!r} overlap", "Do not use this file")
     return out
+
+
+_FIX_METADATA: Final = f"Remove the {METADATA_MEMBER} member (zip -d) to read the arrays without their metadata"
+
+
+def _metadata_bytes(path: str, extra: dict[str, str]) -> bytes | None:
+    """The metadata member's bytes, or None when there is no metadata; refused before writing if too large."""
+    if not extra:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise UnsupportedError("writing", path, "metadata must map strings to strings", "Pass str keys and values")
+    raw = json.dumps(extra, ensure_ascii=False, sort_keys=True).encode()
+    if len(raw) > MAX_METADATA_BYTES:
+        raise UnsupportedError(
+            "writing", path, f"the metadata takes {len(raw)} bytes, more than {MAX_METADATA_BYTES}", "Keep it short"
+        )
+    return raw
+
+
+def _read_metadata(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict[str, str]:
+    """The metadata member: bounded before a byte is decompressed, then one JSON object of strings."""
+    if info.file_size > MAX_METADATA_BYTES:
+        raise bad_file(
+            path,
+            f"the metadata claims {info.file_size} bytes, more than the {MAX_METADATA_BYTES} allowed",
+            _FIX_METADATA,
+        )
+    with zf.open(info) as member:
+        raw = _read_exact(member, info.file_size + 1)
+    if len(raw) != info.file_size:
+        raise bad_file(path, f"the metadata holds {len(raw)} bytes, not the {info.file_size} declared", _FIX_ZIP)
+    try:
+        found = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise bad_file(path, f"the metadata is not JSON ({_short(err)})", _FIX_METADATA) from err
+    if not isinstance(found, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in found.items()):
+        raise bad_file(path, "the metadata is not one JSON object of strings", _FIX_METADATA)
+    return found
 
 
 def _read_record(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, names: list[str]) -> Any:
