@@ -233,7 +233,12 @@ def test_a_real_checkpoint_through_every_format(tmp_path: Path) -> None:
     for s, d in itertools.pairwise(hops):
         code, _, err = run("convert", str(s), str(d), "--verify", "--quiet")
         assert code == 0, err
-    assert run("diff", str(model), str(hops[-1]))[:2] == (0, "no differences\n")
+    # The .pt hop has no place for __metadata__ ({"format": "pt"}): the arrays are the same, the metadata is gone.
+    assert run("diff", str(model), str(hops[-1]))[:2] == (
+        1,
+        "format: metadata: only in A ('pt')\n1 metadata keys differ\n",
+    )
+    assert run("diff", str(model), str(hops[-1]), "--ignore-metadata")[:2] == (0, "no differences\n")
     assert run("convert", str(model), str(tmp_path / "same.safetensors"), "--quiet")[0] == 0
     assert (tmp_path / "same.safetensors").read_bytes() == model.read_bytes(), "rewritten byte for byte"
     rows = json.loads(run("inspect", str(model), "--json")[1])
@@ -268,3 +273,115 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     err = io.StringIO()
     assert main(["inspect", str(tmp_path / "a.npz")], out=_ClosedPipe(), err=err) == 141
     assert err.getvalue() == ""
+
+
+# ---------------------------------------------------------------- metadata, chunked --verify
+
+
+def safetensors_with(path: Path, metadata: dict[str, str]) -> Path:
+    from tensorbridge.io.base import Entry
+    from tensorbridge.io.safetensors_files import SAFETENSORS
+
+    w = np.arange(4, dtype=np.float32)
+    SAFETENSORS.write(str(path), [Entry("w", w.dtype, w.shape, lambda: w)], None, metadata)
+    return path
+
+
+def test_inspect_shows_the_metadata_in_text_and_json(tmp_path: Path) -> None:
+    path = safetensors_with(tmp_path / "a.safetensors", {"format": "pt", "note": "x " * 200})
+    code, out, _ = run("inspect", str(path))
+    assert code == 0 and "metadata (2 keys):\n  format: pt\n  note: x x" in out, out
+    assert "... (400 characters)" in out  # a long value is clipped in text
+    doc = json.loads(run("inspect", str(path), "--json")[1])
+    assert doc["metadata"] == {"format": "pt", "note": "x " * 200}
+    assert json.loads(run("inspect", str(tmp_path / "a.safetensors"), "--json")[1])["nested"] is False
+    np.save(tmp_path / "b.npy", np.ones(2))
+    assert json.loads(run("inspect", str(tmp_path / "b.npy"), "--json")[1])["metadata"] == {}
+    assert "metadata" not in run("inspect", str(tmp_path / "b.npy"))[1]
+
+
+def test_diff_reports_metadata_differences_in_text_and_json(tmp_path: Path) -> None:
+    a = safetensors_with(tmp_path / "a.safetensors", {"format": "pt", "step": "1", "only_a": "y"})
+    b = safetensors_with(tmp_path / "b.safetensors", {"format": "pt", "step": "2", "only_b": "z"})
+    code, out, _ = run("diff", str(a), str(b))
+    assert code == 1
+    assert out == (
+        "step: metadata: '1' vs '2'\n"
+        "only_a: metadata: only in A ('y')\n"
+        "only_b: metadata: only in B ('z')\n"
+        "3 metadata keys differ\n"
+    ), out
+    found = json.loads(run("diff", str(a), str(b), "--json")[1])["differences"]
+    assert [(d["name"], d["kind"], d["max_abs"]) for d in found] == [
+        ("step", "metadata", None),
+        ("only_a", "metadata", None),
+        ("only_b", "metadata", None),
+    ]
+    assert run("diff", str(a), str(b), "--ignore-metadata")[:2] == (0, "no differences\n")
+    assert run("diff", str(a), str(a))[:2] == (0, "no differences\n")
+
+
+def test_diff_ignores_metadata_a_format_has_no_place_for(tmp_path: Path) -> None:
+    a = safetensors_with(tmp_path / "a.safetensors", {"format": "pt"})
+    for suffix in (".pt", ".npz"):  # .pt drops the metadata, .npz keeps it
+        assert run("convert", str(a), str(tmp_path / f"a{suffix}"), "--quiet")[0] == 0
+        assert run("diff", str(a), str(tmp_path / f"a{suffix}"))[:2] == (0, "no differences\n")
+
+
+def test_verify_finds_a_difference_past_the_first_piece(tmp_path: Path) -> None:
+    from tensorbridge.io import convert as job
+    from tensorbridge.io.base import Entry
+    from tensorbridge.io.chunks import PIECE_BYTES
+
+    n = 3 * PIECE_BYTES // 4  # three pieces of float32
+    np.save(tmp_path / "a.npy", np.zeros(n, np.float32))
+    want = np.zeros(n, np.float32)
+    job._verify(str(tmp_path / "a.npy"), "npy", [Entry("data", want.dtype, want.shape, lambda: want)], "a.npy")
+    want[-1] = 1.0
+    with pytest.raises(job.VerifyError, match="the bytes differ"):
+        job._verify(str(tmp_path / "a.npy"), "npy", [Entry("data", want.dtype, want.shape, lambda: want)], "a.npy")
+
+
+_VERIFY_MEMORY = """
+import sys, threading, time
+from tensorbridge.io.convert import convert
+
+def anon_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("RssAnon:"))
+
+start = anon_mb()
+peak = [start]
+done = threading.Event()
+
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], anon_mb())
+        time.sleep(0.001)
+
+sampler = threading.Thread(target=sample)
+sampler.start()
+convert(sys.argv[1], sys.argv[2], verify=True)
+done.set()
+sampler.join()
+print(peak[0] - start)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_verify_compares_in_pieces_not_whole_tensors(tmp_path: Path, suffix: str) -> None:
+    import subprocess
+    import sys
+
+    big = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(64 << 20,))  # 256 MiB
+    big[::4096] = 1.0
+    del big
+    out = subprocess.run(
+        [sys.executable, "-c", _VERIFY_MEMORY, str(tmp_path / "big.npy"), str(tmp_path / f"big{suffix}")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # Whole-tensor comparison allocated a 256 MiB bool array (and copies); pieces are 8 MiB.
+    assert int(out.stdout) < 64, out.stdout

@@ -98,7 +98,7 @@ def test_force_onto_a_directory_is_refused_before_any_data_is_read(
 ) -> None:
     (tmp_path / "out").mkdir()
     hooked_write(monkeypatch, lambda path: pytest.fail("the writer ran"))
-    monkeypatch.setattr("tensorbridge.io.convert._read", lambda *a: pytest.fail("the source was read"))
+    monkeypatch.setattr("tensorbridge.io.convert.read_archive", lambda *a: pytest.fail("the source was read"))
     code, _, err = run("convert", str(src), str(tmp_path / "out"), "--to", "safetensors", "--force")
     assert code == 2 and f"convert at {tmp_path / 'out'}: it is a directory" in err and ".tmp" not in err, err
     assert listing(tmp_path / "out") == [] and listing(tmp_path) == ["a.npz", "out"]

@@ -16,6 +16,7 @@ from .errors import (
     ConversionError,
     CopyRefusedError,
     DeviceError,
+    FileFormatError,
     OutOfMemoryError,
     StructureError,
     UnsupportedError,
@@ -23,6 +24,8 @@ from .errors import (
 )
 from .interop.nested import nested_tensor
 from .interop.quantized import QuantizedArray
+from .io.files import TensorFile, load, save
+from .io.files import open as open  # re-exported, but not in __all__: a star import keeps the builtin open
 from .transfers import PoolStats, TransferConfig, configure_transfers, release_pinned, transfer_stats
 from .tree import register_container, register_optree_namespace
 
@@ -34,21 +37,25 @@ __all__ = [
     "CopyRefusedError",
     "DeviceError",
     "Explanation",
+    "FileFormatError",
     "OutOfMemoryError",
     "PoolStats",
     "QuantizedArray",
     "StructureError",
+    "TensorFile",
     "TransferConfig",
     "UnsupportedError",
     "ValueRangeError",
     "__version__",
     "configure_transfers",
     "explain",
+    "load",
     "nested_tensor",
     "numpy_dtype",
     "register_container",
     "register_optree_namespace",
     "release_pinned",
+    "save",
     "stack",
     "to_numpy",
     "to_tensor",

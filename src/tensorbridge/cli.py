@@ -14,6 +14,10 @@ Exit statuses:
 Errors print one line on stderr, never a traceback; paths are printed with undecodable bytes as
 ``\xff`` escapes. ``--quiet`` prints nothing but errors; otherwise warnings (from NumPy, say) are
 one ``tensorbridge: warning:`` line each.
+
+``convert`` shows a progress bar on stderr (tqdm: bytes done, rate, time left), for writing and
+then for ``--verify``, only when stderr is a terminal and the work takes over half a second; the
+bar is cleared when it ends, so what stays on the screen is the one-line summary.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from types import FrameType
@@ -140,43 +143,78 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--from", dest="src_format", metavar="FORMAT", help="the source format, if its suffix does not say")
     c.add_argument("--to", dest="dst_format", metavar="FORMAT", help="the destination format, likewise")
     c.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    i = sub.add_parser("inspect", help="list names, dtypes, shapes and sizes (from headers only)")
+    i = sub.add_parser("inspect", help="list names, dtypes, shapes, sizes and metadata (from headers only)")
     i.add_argument("file")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--format", help="the format, if the suffix does not say")
-    d = sub.add_parser("diff", help="compare two files name by name")
+    d = sub.add_parser("diff", help="compare two files name by name, then their metadata")
     d.add_argument("a")
     d.add_argument("b")
     d.add_argument("--rtol", type=float, default=0.0)
     d.add_argument("--atol", type=float, default=0.0)
     d.add_argument("--json", action="store_true", help="print JSON")
+    d.add_argument(
+        "--ignore-metadata",
+        action="store_true",
+        help="compare the arrays only, not the metadata (compared where both formats hold it: .safetensors, .npz)",
+    )
     t = sub.add_parser("tour", help="walk through the tutorials' conversions (what is shared, what is copied)")
     t.add_argument("--quiet", action="store_true")
     return p
 
 
-class _Bar:
-    """A progress line on stderr, only on a terminal and only once a conversion takes a moment."""
+#: Seconds before a progress bar appears (quick conversions show none), and between its updates.
+_PROGRESS_DELAY = 0.5
+_PROGRESS_INTERVAL = 0.1
+_PHASES = {"convert": "converting", "verify": "verifying"}
+
+
+class _Progress:
+    """Progress by bytes on ``stream``, a tqdm bar per phase, only if the stream is a terminal.
+
+    Called as ``convert``'s ``progress(phase, done, total)``; tqdm is imported only when a bar is
+    shown, so ``inspect``, ``diff`` and piped runs never load it.
+    """
 
     def __init__(self, stream: TextIO, enabled: bool) -> None:
-        self.stream, self.enabled = stream, enabled and stream.isatty()
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.shown = False
+        self.stream = stream
+        self.enabled = enabled and _isatty(stream)
+        self.bar: Any = None
+        self.phase = ""
 
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or now - self.start < 0.5 or now - self.last < 0.1:
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
             return
-        self.last, self.shown = now, True
-        pct = 100.0 * done / total if total else 100.0
-        _say(self.stream, f"\rconverting: {pct:5.1f}% of {_size(total)}")
-        self.stream.flush()
+        if self.bar is None or phase != self.phase:
+            self.close()
+            from tqdm import tqdm
+
+            self.phase = phase
+            self.bar = tqdm(
+                total=total,
+                desc=_PHASES.get(phase, phase),
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=self.stream,
+                leave=False,  # the summary line replaces it
+                delay=_PROGRESS_DELAY,
+                mininterval=_PROGRESS_INTERVAL,
+                dynamic_ncols=True,
+            )
+        self.bar.update(max(0, min(done, total) - self.bar.n))
 
     def close(self) -> None:
-        if self.shown:
-            self.stream.write("\r" + " " * 40 + "\r")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def _size(n: int) -> str:
@@ -191,7 +229,7 @@ def _size(n: int) -> str:
 def _convert(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .io.convert import VerifyError, convert
 
-    bar = _Bar(err, not args.quiet)
+    bar = _Progress(err, not args.quiet)
     try:
         report = convert(
             args.src,
@@ -208,7 +246,8 @@ def _convert(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         bar.close()
         _say(err, f"tensorbridge: verification failed: {e}\n")
         return EXIT_DIFFERENT
-    bar.close()
+    finally:
+        bar.close()  # before any message, and on Ctrl-C too
     if not args.quiet:
         checked = ", verified bit for bit" if report.verified else ""
         size = _size(report.nbytes)
@@ -220,25 +259,43 @@ def _convert(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     from .io.convert import inspect
 
-    fmt, rows, nesting = inspect(args.file, args.format)
+    found = inspect(args.file, args.format)
+    rows = found.rows
     total = sum(r.nbytes for r in rows)
     if args.json:
         arrays = [{"name": r.name, "dtype": r.dtype, "shape": list(r.shape), "nbytes": r.nbytes} for r in rows]
-        doc = {"file": args.file, "format": fmt, "arrays": arrays, "total_bytes": total, "nested": nesting is not None}
+        doc = {
+            "file": args.file,
+            "format": found.format,
+            "arrays": arrays,
+            "total_bytes": total,
+            "nested": found.structure is not None,
+            "metadata": found.metadata,
+        }
         _say(out, json.dumps(doc, indent=1) + "\n")
         return EXIT_OK
     width = max([4, *(len(r.name) for r in rows)])
-    _say(out, f"{args.file} ({fmt}): {len(rows)} arrays, {_size(total)}\n")
+    _say(out, f"{args.file} ({found.format}): {len(rows)} arrays, {_size(total)}\n")
     _say(out, f"{'name':<{width}}  {'dtype':<14} {'shape':<20} size\n")
     for r in rows:
         _say(out, f"{r.name:<{width}}  {r.dtype:<14} {list(r.shape)!s:<20} {_size(r.nbytes)}\n")
+    if found.metadata:
+        _say(out, f"metadata ({len(found.metadata)} keys):\n")
+        for key, value in found.metadata.items():
+            _say(out, f"  {key}: {_clipped(value)}\n")
     return EXIT_OK
+
+
+def _clipped(value: str, limit: int = 200) -> str:
+    """A metadata value on one line, its start only if it is long (``--json`` prints it whole)."""
+    text = " ".join(value.split())
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(value)} characters)"
 
 
 def _diff(args: argparse.Namespace, out: TextIO) -> int:
     from .io.convert import diff
 
-    found = diff(args.a, args.b, rtol=args.rtol, atol=args.atol)
+    found = diff(args.a, args.b, rtol=args.rtol, atol=args.atol, metadata=not args.ignore_metadata)
     if args.json:
         _say(out, json.dumps({"a": args.a, "b": args.b, "differences": [_plain(d) for d in found]}, indent=1) + "\n")
     else:
@@ -246,7 +303,11 @@ def _diff(args: argparse.Namespace, out: TextIO) -> int:
             shown = d.kind == "values" and d.numeric
             errs = f" (max abs error {d.max_abs:g}, max rel error {d.max_rel:g})" if shown else ""
             _say(out, f"{d.name}: {d.kind}: {d.detail}{errs}\n")
-        _say(out, f"{len(found)} names differ\n" if found else "no differences\n")
+        keys = sum(d.kind == "metadata" for d in found)
+        names = len(found) - keys
+        summary = [f"{names} names differ"] if names else []
+        summary += [f"{keys} metadata keys differ"] if keys else []
+        _say(out, f"{', '.join(summary)}\n" if found else "no differences\n")
     return EXIT_DIFFERENT if found else EXIT_OK
 
 

@@ -1,4 +1,4 @@
-"""torch.save files (``.pt``, ``.pth``, ``.bin``): read without running code, written by torch.save.
+"""torch.save files (``.pt``, ``.pth``, ``.bin``): read without running code, written one tensor at a time.
 
 **Safety.** A torch.save file is a pickle, and unpickling can run any code. Files are read only
 with ``torch.load(path, map_location="cpu", weights_only=True, mmap=True)``, never with
@@ -26,15 +26,10 @@ store the data twice. Sparse, quantized, nested and meta tensors, dtypes NumPy c
 leaves other than tensors, numbers, str, None and dict/list/tuple are refused with
 :class:`UnsupportedError` naming the entry. ``torch.Size`` values come back as tuples.
 
-**Writing.** Each entry becomes a tensor sharing its memory where it can (read-only memory maps
-included: torch.save only reads them), the containers are rebuilt from the record (a flat dict
-without one), and one ``torch.save`` writes the file. Entries that are the same view of the same
-memory (tied weights read from a .pt) become one tensor, stored once. torch.save needs every
-tensor at once, but mapped sources stay file-backed: converting a 200 MB .pt to .pt raised peak
-resident memory by 194 MB, all of it the input's mapped pages (which the kernel may drop), and
-anonymous memory by under 1 MB (a test bounds both). Sources that must be copied (big-endian,
-negative strides) stay in memory until the file is written. ``extra`` is dropped: a torch.save
-file has no place for metadata.
+**Writing** streams (``pt_writer.py``): each entry is loaded, written as one storage record of
+torch.save's zip layout and dropped, the pickle last, so peak memory is one entry, not the model.
+Entries that are the same view of the same memory (tied weights read from a .pt) are stored once.
+``extra`` is dropped: a torch.save file has no place for metadata.
 """
 
 from __future__ import annotations
@@ -51,13 +46,14 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from ..api import to_numpy, to_tensor
+from ..api import to_numpy
 from ..dtypes import row_for_numpy, row_for_torch
-from ..errors import ConversionError, CopyRefusedError, FileFormatError, StructureError, UnsupportedError
+from ..errors import ConversionError, FileFormatError, UnsupportedError
+from . import pt_writer
 from .base import Archive, Entry, bad_file
 from .pickle_scan import MAX_DEPTH, MAX_ITEMS, MAX_REPEAT
 from .pt_checks import check_legacy, check_zip
-from .structure import flatten, unflatten
+from .structure import flatten
 
 __all__ = ["PT"]
 
@@ -137,7 +133,7 @@ class _PT:
         return Archive(entries, record, {})
 
     def write(self, path: str, entries: Sequence[Entry], structure: Any, extra: dict[str, str]) -> None:
-        """Write the entries with ``torch.save``, nested as ``structure`` says (None: a flat dict).
+        """Write the entries as torch.save would, one at a time, nested as ``structure`` says (None: a flat dict).
 
         ``extra`` is dropped (a torch.save file has no metadata). The file loads with
         ``torch.load(path, weights_only=True)``.
@@ -162,27 +158,7 @@ class _PT:
             >>> ckpt["epoch"], ckpt["model"]["w"].tolist()
             (3, [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
         """
-        path = os.fspath(path)
-        tensors: dict[str, torch.Tensor] = {}
-        views: dict[tuple[Any, ...], torch.Tensor] = {}
-        for entry in entries:
-            if entry.name in tensors:
-                raise StructureError(
-                    "writing", path, f"two entries are named {entry.name!r}", "Give every entry its own name"
-                )
-            arr = entry.load()
-            key = _view_key(arr)
-            tensor = views.get(key) if key is not None else None
-            if tensor is None:
-                tensor = _as_tensor(arr, entry.name, path)
-                if key is not None and tensor.data_ptr() == key[0]:
-                    views[key] = tensor  # shares arr's memory, which stays alive with it: the key stays unique
-            tensors[entry.name] = tensor
-        obj = _rebuild(structure, tensors, path)
-        try:
-            torch.save(obj, path)
-        except RuntimeError as err:  # torch's writer reports I/O failures (disk full) as RuntimeError
-            raise OSError(f"writing {path} failed: {_short(str(err))}") from err
+        pt_writer.write(os.fspath(path), entries, structure)
 
 
 PT: Final = _PT()
@@ -354,56 +330,3 @@ def _entry(name: str, leaf: Any, path: str) -> Entry:
         raise refuse(f"has dtype {leaf.dtype}, which NumPy cannot hold", "Save it as a NumPy-compatible dtype")
     tensor = leaf.detach()
     return Entry(name, row.numpy, tuple(tensor.shape), lambda: to_numpy(tensor))
-
-
-def _view_key(arr: np.ndarray[Any, Any]) -> tuple[Any, ...] | None:
-    """Arrays with equal keys are the same view of the same memory (tied weights)."""
-    if not isinstance(arr, np.ndarray) or arr.size == 0:
-        return None
-    return (arr.__array_interface__["data"][0], arr.dtype, arr.shape, arr.strides)
-
-
-def _as_tensor(arr: Any, name: str, path: str) -> torch.Tensor:
-    """The entry as a tensor, sharing its memory where possible (torch.save only reads it)."""
-    try:
-        try:
-            tensor: torch.Tensor = to_tensor(arr, copy=False)
-        except CopyRefusedError:
-            tensor = to_tensor(arr)  # byte order or negative strides: one copy
-    except UnsupportedError as err:
-        raise UnsupportedError("writing", path, f"entry {name!r}: {err.cause}", err.fix) from err
-    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
-        tensor = tensor.contiguous()  # a strided view: torch.save would write the whole span it lies in
-    return tensor
-
-
-def _rebuild(structure: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
-    """The containers of the nesting record around the tensors; every tensor must be named in it."""
-    if structure is None:
-        return dict(tensors)
-    named: set[str] = set()
-    stack: list[tuple[Any, int]] = [(structure, 0)]
-    while stack:  # iteratively, so a deep record cannot overflow unflatten's recursion below
-        rec, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise FileFormatError(
-                "writing", path, f"the nesting record is deeper than {MAX_DEPTH} levels", "Write a flat dict instead"
-            )
-        if not isinstance(rec, dict) or len(rec) != 1:
-            continue  # unflatten names the malformed part
-        ((kind, body),) = rec.items()
-        if kind == "t" and isinstance(body, str):
-            named.add(body)
-        elif kind in ("dict", "odict") and isinstance(body, list):
-            stack.extend((pair[1], depth + 1) for pair in body if isinstance(pair, list) and len(pair) == 2)
-        elif kind in ("list", "tuple") and isinstance(body, list):
-            stack.extend((r, depth + 1) for r in body)
-    unnamed = [name for name in tensors if name not in named]
-    if unnamed:
-        raise StructureError(
-            "writing",
-            path,
-            f"{len(unnamed)} entries ({', '.join(map(repr, unnamed[:3]))}) are not in the nesting record",
-            "Pass structure=None for a flat dict, or a record that names every entry",
-        )
-    return unflatten(structure, tensors, where=path)
