@@ -276,15 +276,17 @@ def test_dtype_casts_floating_point_arrays_only(tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == ["b.safetensors"]
 
 
-def test_metadata_is_kept_in_safetensors_and_refused_elsewhere(tmp_path: Path) -> None:
+def test_metadata_is_kept_in_safetensors_and_npz_and_refused_elsewhere(tmp_path: Path) -> None:
     tb.save({"w": np.ones(1)}, tmp_path / "m.safetensors", metadata={"format": "pt", "note": "é"})
     assert tb.open(tmp_path / "m.safetensors").metadata == {"format": "pt", "note": "é"}
-    for fmt in ("npy", "npz", "pt"):
+    tb.save({"w": np.ones(1)}, tmp_path / "m.npz", metadata={"format": "pt"})
+    assert tb.open(tmp_path / "m.npz").metadata == {"format": "pt"}
+    for fmt in ("npy", "pt"):
         with pytest.raises(tb.UnsupportedError, match="has no room for metadata"):
             tb.save(np.ones(1), tmp_path / f"m.{fmt}", metadata={"a": "b"})
     with pytest.raises(tb.UnsupportedError, match="tensorbridge's own"):
         tb.save({"w": np.ones(1)}, tmp_path / "r.safetensors", metadata={STRUCTURE_KEY: "{}"})
-    assert _leftovers(tmp_path) == ["m.safetensors"]
+    assert _leftovers(tmp_path) == ["m.npz", "m.safetensors"]
 
 
 def test_format_overrides_the_suffix(tmp_path: Path) -> None:

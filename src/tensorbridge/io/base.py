@@ -72,6 +72,8 @@ class Format(Protocol):
 
     name: str
     suffixes: tuple[str, ...]
+    keeps_metadata: bool
+    """Whether the file has room for ``Archive.extra`` (string metadata) and keeps it."""
 
     def read(self, path: str) -> Archive:
         """Read the header(s) of ``path``, validating them; load no data.

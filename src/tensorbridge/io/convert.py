@@ -309,13 +309,9 @@ def diff(
         if found is not None:
             abs_err, rel_err, count = found
             out.append(Difference(name, "values", f"{count} values differ", abs_err, rel_err, numeric))
-    if metadata and {archive_a_format.name, archive_b_format.name} <= _HOLD_METADATA:
+    if metadata and archive_a_format.keeps_metadata and archive_b_format.keeps_metadata:
         out.extend(_metadata_differences(archive_a.extra, archive_b.extra))
     return out
-
-
-#: The formats whose files have a place for str -> str metadata (``Archive.extra``).
-_HOLD_METADATA = frozenset({"safetensors", "npz"})
 
 
 def _metadata_differences(a: dict[str, str], b: dict[str, str]) -> list[Difference]:

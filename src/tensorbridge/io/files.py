@@ -55,8 +55,6 @@ __all__ = ["TensorFile", "load", "save"]
 
 PathLike = str | os.PathLike[str]
 
-#: The formats whose files keep ``metadata`` (``Archive.extra``); the others have no room for it.
-_KEEPS_METADATA: Final = frozenset({"safetensors"})
 #: The command's spellings in shared messages, and what a Python caller passes instead.
 _PYTHON_WORDS: Final = (
     ("Pass --force to replace it", "Pass force=True to replace it"),
@@ -331,13 +329,13 @@ def save(
         force: replace an existing file (or symbolic link; never a directory).
         dtype: cast every floating-point array to this floating-point dtype (checked: a value that
             would become inf raises); integer, bool and complex arrays are kept.
-        metadata: str -> str to keep in the file (``.safetensors`` only; the others have no room).
+        metadata: str -> str to keep in the file (``.safetensors`` and ``.npz``; the others have no room).
 
     Raises:
         StructureError: (ValueError) ``path`` exists without ``force``, is a directory, or its
             directory is missing or not writable (checked before any data is touched).
         UnsupportedError: (TypeError) what the format cannot hold: a dtype, a name, a leaf type,
-            several arrays or containers in a ``.npy``, ``metadata`` outside ``.safetensors``.
+            several arrays or containers in a ``.npy``, ``metadata`` for a format without room for it.
 
     Example:
         >>> import tempfile, torch, tensorbridge as tb
@@ -369,9 +367,12 @@ def _save(
             "Save to .npz or .safetensors to keep names and nesting, or pass the array itself",
         )
     extra = dict(metadata or {})
-    if extra and fmt.name not in _KEEPS_METADATA:
+    if extra and not fmt.keeps_metadata:
         raise UnsupportedError(
-            "saving", shown(path), f"a .{fmt.name} file has no room for metadata", "Save to .safetensors to keep it"
+            "saving",
+            shown(path),
+            f"a .{fmt.name} file has no room for metadata",
+            "Save to .safetensors or .npz to keep it",
         )
     if nesting == {"dict": [[e.name, {"t": e.name}] for e in entries]}:
         nesting = None  # a flat dict of names is what a file without a record reads as

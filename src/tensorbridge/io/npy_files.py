@@ -84,6 +84,7 @@ class NpyFormat:
 
     name: str = "npy"
     suffixes: tuple[str, ...] = (".npy",)
+    keeps_metadata: bool = False
 
     def read(self, path: str) -> Archive:
         """Read and validate the header of ``path``; load no data.

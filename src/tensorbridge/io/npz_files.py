@@ -95,6 +95,7 @@ class NpzFormat:
 
     name: str = "npz"
     suffixes: tuple[str, ...] = (".npz",)
+    keeps_metadata: bool = True
 
     def read(self, path: str) -> Archive:
         """Read and validate the zip directory and every member's ``.npy`` header; load no data.

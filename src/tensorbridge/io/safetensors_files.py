@@ -78,6 +78,7 @@ class SafetensorsFormat:
 
     name: str = "safetensors"
     suffixes: tuple[str, ...] = (".safetensors",)
+    keeps_metadata: bool = True
 
     def read(self, path: str) -> Archive:
         """Read and validate the header of ``path``; load no data.

@@ -87,6 +87,7 @@ class _PT:
 
     name: str = "pt"
     suffixes: tuple[str, ...] = (".pt", ".pth", ".bin")
+    keeps_metadata: bool = False
 
     def read(self, path: str) -> Archive:
         """Load a torch.save file safely (``weights_only=True``), memory-mapped; copy no tensor data.
