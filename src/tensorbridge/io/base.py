@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import FileFormatError
+from ..errors import FileFormatError, StructureError
 
 __all__ = ["Archive", "Entry", "Format", "bad_file", "check_size"]
 
@@ -107,3 +107,33 @@ def check_size(path: str, claimed: int, available: int, what: str) -> None:
     """Refuse a header that claims more bytes than the file holds (before allocating them)."""
     if claimed < 0 or claimed > available:
         raise bad_file(path, f"{what} claims {claimed} bytes but the file holds only {available}")
+
+
+def load_for_writing(path: str, entry: Entry) -> np.ndarray[Any, Any]:
+    """Load an entry for a writer: the array it declared (dtype up to byte order, and shape), or an error.
+
+    Every writer checks this one rule, so a header written from the declarations always matches
+    the bytes that follow it.
+
+    Raises:
+        StructureError: (ValueError) the entry loads as something else than it declared.
+
+    Example:
+        >>> e = Entry("w", np.dtype(">f4"), (2,), lambda: np.zeros(2, "<f4"))
+        >>> load_for_writing("w.npy", e).tolist()
+        [0.0, 0.0]
+    """
+    data = entry.load()
+    if (
+        not isinstance(data, np.ndarray)
+        or data.shape != entry.shape
+        or data.dtype.newbyteorder("=") != entry.dtype.newbyteorder("=")
+    ):
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise StructureError(
+            "writing",
+            path,
+            f"array {entry.name!r} was declared {entry.dtype} {entry.shape} but loaded as {got}",
+            "Make the entry's dtype and shape match its data",
+        )
+    return data

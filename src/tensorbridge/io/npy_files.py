@@ -41,10 +41,10 @@ from typing import IO, Any, Final, Literal
 
 import numpy as np
 
-from ..dtypes import ROWS, is_ml_dtype, row_for_numpy
-from ..errors import StructureError, UnsupportedError
+from ..dtypes import ROWS, is_ml_dtype
+from ..errors import UnsupportedError
 from . import structure as _structure
-from .base import MAX_HEADER_BYTES, Archive, Entry, bad_file, check_size
+from .base import MAX_HEADER_BYTES, Archive, Entry, bad_file, check_size, load_for_writing
 
 __all__ = ["NPY", "NpyFormat"]
 
@@ -340,19 +340,7 @@ def _has_ml(dt: np.dtype[Any]) -> bool:
 
 def _prepared(path: str, entry: Entry) -> np.ndarray[Any, Any]:
     """The entry's data, checked against its declaration, as it is written (a view, never a copy)."""
-    data = entry.load()
-    if (
-        not isinstance(data, np.ndarray)
-        or data.shape != entry.shape
-        or not (data.dtype == entry.dtype or row_for_numpy(data.dtype) is row_for_numpy(entry.dtype) is not None)
-    ):
-        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise StructureError(
-            "writing",
-            path,
-            f"array {entry.name!r} was declared {entry.dtype} {entry.shape} but loaded as {got}",
-            "Make the entry's dtype and shape match its data",
-        )
+    data = load_for_writing(path, entry)
     stored = _stored_dtype(path, entry.name, data.dtype)
     return data if stored == data.dtype else data.view(stored)
 

@@ -56,7 +56,7 @@ import torch
 
 from ..dtypes import row_for_numpy
 from ..errors import FileFormatError, StructureError, UnsupportedError
-from .base import Entry
+from .base import Entry, load_for_writing
 from .chunks import pieces
 from .pickle_scan import MAX_DEPTH
 from .structure import unflatten
@@ -120,9 +120,9 @@ def write(path: str, entries: Sequence[Entry], structure: Any) -> None:
     """Write the entries as a torch.save file, nested as ``structure`` says (None: a flat dict).
 
     Raises:
-        StructureError: (ValueError) two entries share a name, or entries the record does not name.
-        FileFormatError: (ValueError) the nesting record is malformed, names a missing entry, or
-            an entry loads as another dtype or shape than it said.
+        StructureError: (ValueError) two entries share a name, entries the record does not name,
+            or an entry that loads as another dtype or shape than it said.
+        FileFormatError: (ValueError) the nesting record is malformed or names a missing entry.
         UnsupportedError: (TypeError) an entry's dtype torch cannot hold.
         OSError: the file cannot be written.
 
@@ -142,19 +142,7 @@ def write(path: str, entries: Sequence[Entry], structure: Any) -> None:
         tensors: dict[str, _Tensor] = {}
         ties = _Ties()
         for e in ordered:
-            arr = e.load()
-            if (
-                not isinstance(arr, np.ndarray)
-                or arr.shape != e.shape
-                or arr.dtype.newbyteorder("=") != e.dtype.newbyteorder("=")
-            ):
-                got = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
-                raise FileFormatError(
-                    "writing",
-                    path,
-                    f"entry {e.name!r} loads as {got}, not {e.dtype} {e.shape}",
-                    "Report this to tensorbridge",
-                )
+            arr = load_for_writing(path, e)
             tensor = ties.find(arr)
             if tensor is None:
                 tensor = _write_storage(out, arr, _torch_dtype(arr.dtype, e.name, path))

@@ -46,7 +46,7 @@ from .._convert.blocks import blocks
 from ..dtypes import DtypeRow, row_for_numpy
 from ..errors import StructureError, UnsupportedError
 from . import structure as _structure
-from .base import Archive, Entry, bad_file
+from .base import Archive, Entry, bad_file, load_for_writing
 from .safetensors_header import (
     CODES,
     DTYPES_KEY,
@@ -154,9 +154,7 @@ class SafetensorsFormat:
         with open(path, "wb") as f:
             f.write(head)
             for entry in layout:
-                data = entry.load()
-                _check_loaded(path, entry, data)
-                _write_array(f, data)
+                _write_array(f, load_for_writing(path, entry))
 
 
 SAFETENSORS: Final = SafetensorsFormat()
@@ -275,22 +273,6 @@ def _writable_text(path: str, text: object, what: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
         raise UnsupportedError("writing", path, f"{what} {text!r} is not valid Unicode", "Rename it") from err
-
-
-def _check_loaded(path: str, entry: Entry, data: object) -> None:
-    if (
-        not isinstance(data, np.ndarray)
-        or data.shape != entry.shape
-        or data.dtype.itemsize != entry.dtype.itemsize
-        or row_for_numpy(data.dtype) is not row_for_numpy(entry.dtype)
-    ):
-        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise StructureError(
-            "writing",
-            path,
-            f"tensor {entry.name!r} was declared {entry.dtype} {entry.shape} but loaded as {got}",
-            "Make the entry's dtype and shape match its data",
-        )
 
 
 def _swapped(dtype: np.dtype[Any]) -> bool:
