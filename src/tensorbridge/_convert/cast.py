@@ -329,8 +329,19 @@ def _cast_values(
     with np.errstate(all="ignore"):
         if c.rounding is not None and c.rounding.needed(extremes):
             values = _pre_round(_native(values), c.rounding, extremes)
-        out: np.ndarray[Any, Any] = values.astype(dst, order="K")
-    return out
+        return _astype(values, dst)
+
+
+def _astype(values: np.ndarray[Any, Any], dst: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    try:
+        return values.astype(dst, order="K")
+    except TypeError:
+        # ml_dtypes 0.5 (the last for NumPy 1.x) registers no casts between some of its own kinds
+        # (float8_e8m0fnu <-> the other float8s). float32 holds every value of a float of 16 bits
+        # or fewer exactly, so the detour is still one rounding.
+        if not (is_ml_dtype(values.dtype) and values.dtype.itemsize <= 2):
+            raise
+        return values.astype(np.float32, order="K").astype(dst, order="K")
 
 
 def cast_array(a: np.ndarray[Any, Any], dst: np.dtype[Any], path: str) -> np.ndarray[Any, Any]:
