@@ -323,3 +323,29 @@ def test_what_a_reader_raises_on_a_malformed_file_is_a_file_error(
         assert code == 2 and err.startswith(f"tensorbridge: error: reading at {src}:"), err
         assert "unexpected" not in err and type(exc).__name__ in err
     assert listing(tmp_path) == ["a.npz"]
+
+
+_LAUNCH = """
+import os, signal, sys, time
+
+class Stop:  # a signal that arrives while tensorbridge (and torch) are still importing
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorbridge":
+            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+            time.sleep(5)
+        return None
+
+sys.meta_path.insert(0, Stop())
+import tensorbridge_launch
+sys.exit(tensorbridge_launch.main())
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(("name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_during_start_up_ends_without_a_traceback(name: str, status: int) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _LAUNCH, name], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == status, proc.stderr
+    assert proc.stderr == f"tensorbridge: interrupted by {name}\n"
