@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,3 +87,35 @@ def test_a_disabled_or_closed_stream_draws_nothing() -> None:
     for bar in (cli._Progress(Terminal(), enabled=False), cli._Progress(closed, enabled=True)):
         bar("convert", 1, 2)
         assert bar.bar is None
+
+
+def test_progress_moves_within_one_large_tensor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The writer is slowed so the size watcher sees the file grow while one tensor is written.
+    from tensorbridge.io import convert as job
+    from tensorbridge.io import steps
+    from tensorbridge.io.npy_files import NPY
+
+    np.save(tmp_path / "a.npy", np.arange(1 << 20, dtype=np.float64))  # one 8 MiB tensor
+    real = NPY.write
+
+    def slow(path: str, entries: Any, structure: Any, extra: Any) -> None:
+        import os
+        import time
+
+        real(path, entries, structure, extra)
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:  # rewrite it in slices, pausing, so the size grows in steps
+            data = f.read()
+            f.seek(0)
+            f.truncate()
+            for i in range(0, size, size // 8):
+                f.write(data[i : i + size // 8])
+                f.flush()
+                time.sleep(2 * steps.POLL_SECONDS)
+
+    monkeypatch.setattr(NPY, "write", slow)
+    calls: list[tuple[str, int, int]] = []
+    job.convert(str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), progress=lambda *c: calls.append(c))
+    inside = [done for phase, done, total in calls if phase == "convert" and 0 < done < total]
+    assert len(inside) >= 3, calls  # more than the one entry's before/after
+    assert inside == sorted(inside) and calls[-1] == ("convert", 8 << 20, 8 << 20)

@@ -18,6 +18,7 @@ malformed file into ``FileFormatError``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -60,6 +61,17 @@ class ConvertReport:
     """How many entries ``dtype=`` left as they were (integer, bool and complex ones)."""
     dtype: str | None = None
     """The dtype floating-point entries were cast to, if any."""
+
+
+def _serialized(progress: Progress) -> Progress:
+    """``progress``, called by one thread at a time."""
+    lock = threading.Lock()
+
+    def report(phase: str, done: int, total: int) -> None:
+        with lock:
+            progress(phase, done, total)
+
+    return report
 
 
 def _reporting(entries: list[Entry], progress: Progress | None) -> list[Entry]:
@@ -137,6 +149,8 @@ def convert(
     if target is not None:
         entries, cast = cast_floating(entries, target)
     total = sum(e.nbytes for e in entries)
+    if progress is not None:
+        progress = _serialized(progress)  # reported from the writer's thread and from a size watcher
 
     def finish(written: str) -> None:
         if progress is not None:
@@ -144,7 +158,20 @@ def convert(
         if verify:
             _verify(written, dst_fmt.name, entries, dst, progress)
 
-    write_archive(dst, dst_fmt, _reporting(entries, progress), nesting, dict(archive.extra), force=force, check=finish)
+    def growing(nbytes: int) -> None:
+        if progress is not None:
+            progress("convert", min(nbytes, total), total)  # headers make the file a little larger
+
+    write_archive(
+        dst,
+        dst_fmt,
+        _reporting(entries, progress),
+        nesting,
+        dict(archive.extra),
+        force=force,
+        check=finish,
+        written=None if progress is None else growing,
+    )
     kept = len(entries) - cast if target is not None else 0
     return ConvertReport(src, dst, len(entries), total, verify, cast, kept, None if target is None else target.name)
 

@@ -240,6 +240,10 @@ class Output:
             return False
         return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == self._id
 
+    def size(self) -> int:
+        """How many bytes the file being written holds now (what a progress display shows)."""
+        return os.fstat(self._fd).st_size
+
     def commit(self) -> None:
         """Put the written file at ``dst``: only if ``dst`` still does not exist, unless ``force``.
 

@@ -9,10 +9,12 @@ malformed file into ``FileFormatError``, and written files go through ``output.p
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import stat
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -222,10 +224,13 @@ def write_archive(
     *,
     force: bool,
     check: Callable[[str], None] | None = None,
+    written: Callable[[int], None] | None = None,
 ) -> None:
     """Write the entries into a new file put at ``dst`` only when complete (``output.py``).
 
     ``check(path)`` runs on the written file before it is put in place (``convert --verify``).
+    ``written(nbytes)`` is called from a helper thread every :data:`POLL_SECONDS` while the
+    writer runs, with the file's size: progress within one large tensor, whatever the format.
     Errors name ``dst``, never the temporary file.
 
     Raises:
@@ -243,9 +248,35 @@ def write_archive(
     """
     with Output(dst, force=force) as out:
         try:
-            fmt.write(out.path, entries, nesting, extra)
+            with _watching(out, written):
+                fmt.write(out.path, entries, nesting, extra)
             if check is not None:
                 check(out.path)
         except (ConversionError, OSError) as err:
             raise _renamed(err, out.path, dst) from err
         out.commit()
+
+
+#: How often ``write_archive`` reports the growing file's size to ``written``.
+POLL_SECONDS: Final = 0.1
+
+
+@contextlib.contextmanager
+def _watching(out: Output, written: Callable[[int], None] | None) -> Iterator[None]:
+    """Report ``out``'s size to ``written`` from a helper thread until the block ends."""
+    if written is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(POLL_SECONDS):
+            written(out.size())
+
+    watcher = threading.Thread(target=poll, name="tensorbridge-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
