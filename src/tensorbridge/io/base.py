@@ -137,3 +137,13 @@ def load_for_writing(path: str, entry: Entry) -> np.ndarray[Any, Any]:
             "Make the entry's dtype and shape match its data",
         )
     return data
+
+
+def clipped(text: str, limit: int = 160) -> str:
+    """``text`` cut to ``limit`` characters (with ``...``), so a hostile value cannot flood a message.
+
+    Example:
+        >>> clipped("x" * 200, 10)
+        'xxxxxxx...'
+    """
+    return text if len(text) <= limit else text[: limit - 3] + "..."

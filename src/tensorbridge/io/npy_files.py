@@ -44,7 +44,7 @@ import numpy as np
 from ..dtypes import ROWS, is_ml_dtype
 from ..errors import UnsupportedError
 from . import structure as _structure
-from .base import MAX_HEADER_BYTES, Archive, Entry, bad_file, check_size, load_for_writing
+from .base import MAX_HEADER_BYTES, Archive, Entry, bad_file, check_size, clipped, load_for_writing
 
 __all__ = ["NPY", "NpyFormat"]
 
@@ -346,5 +346,4 @@ def _prepared(path: str, entry: Entry) -> np.ndarray[Any, Any]:
 
 
 def _short(value: object) -> str:
-    text = str(value)
-    return text if len(text) <= 160 else text[:157] + "..."
+    return clipped(str(value))

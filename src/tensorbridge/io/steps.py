@@ -22,7 +22,7 @@ import numpy as np
 from ..dtypes import numpy_dtype, row_for_numpy
 from ..errors import ConversionError, FileFormatError, StructureError, UnsupportedError
 from . import structure
-from .base import Archive, Entry, Format, bad_file
+from .base import Archive, Entry, Format, bad_file, clipped
 from .output import Output, shown
 
 __all__ = ["cast_floating", "check_source", "floating_target", "read_archive", "select", "write_archive"]
@@ -35,9 +35,8 @@ _FILES: Final = "Give the path of a .npy, .npz, .pt/.pth/.bin or .safetensors fi
 # ----------------------------------------------------------------------------------- reading
 
 
-def _short(err: BaseException, limit: int = 160) -> str:
-    text = f"{type(err).__name__}: {err}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _short(err: BaseException) -> str:
+    return clipped(f"{type(err).__name__}: {err}")
 
 
 def check_source(path: str, what: str) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import FileFormatError, StructureError, UnsupportedError
+from .base import clipped
 
 __all__ = [
     "MAX_ARRAYS",
@@ -384,5 +385,4 @@ def writable(path: str, names: Sequence[str], rec: Any) -> str | None:
 
 
 def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return clipped(repr(value), 80)
