@@ -59,3 +59,24 @@ def run_threads(work: Any, count: int, timeout: float) -> None:
     assert not any(th.is_alive() for th in threads), "a converting thread hangs"
     if errors:
         raise errors[0]
+
+
+#: Lines for a subprocess script (after ``import threading, time``): a thread samples anonymous
+#: resident memory (MiB) into ``peak[0]`` from ``start_anon``, until ``done.set()``.
+ANON_SAMPLER = """
+def anon_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("RssAnon:"))
+
+start_anon = anon_mb()
+peak = [start_anon]
+done = threading.Event()
+
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], anon_mb())
+        time.sleep(0.001)
+
+sampler = threading.Thread(target=sample)
+sampler.start()
+"""

@@ -19,6 +19,8 @@ import tensorbridge as tb
 from tensorbridge.cli import main
 from tensorbridge.io import format_for
 
+from .helpers import ANON_SAMPLER
+
 FLAT = [".npz", ".safetensors"]
 NESTING = [".npz", ".safetensors", ".pt"]
 
@@ -342,30 +344,20 @@ def test_verify_finds_a_difference_past_the_first_piece(tmp_path: Path) -> None:
         job._verify(str(tmp_path / "a.npy"), "npy", [Entry("data", want.dtype, want.shape, lambda: want)], "a.npy")
 
 
-_VERIFY_MEMORY = """
+_VERIFY_MEMORY = (
+    """
 import sys, threading, time
 from tensorbridge.io.convert import convert
 
-def anon_mb():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("RssAnon:"))
-
-start = anon_mb()
-peak = [start]
-done = threading.Event()
-
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], anon_mb())
-        time.sleep(0.001)
-
-sampler = threading.Thread(target=sample)
-sampler.start()
+"""
+    + ANON_SAMPLER
+    + """
 convert(sys.argv[1], sys.argv[2], verify=True)
 done.set()
 sampler.join()
-print(peak[0] - start)
+print(peak[0] - start_anon)
 """
+)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")

@@ -32,7 +32,7 @@ from tensorbridge.io.base import Archive, Entry
 from tensorbridge.io.pickle_scan import MAX_DEPTH, MAX_ITEMS
 from tensorbridge.io.torch_files import PT
 
-from .helpers import EXACT_ROWS, bits, quiet_tensor, random_bits
+from .helpers import ANON_SAMPLER, EXACT_ROWS, bits, quiet_tensor, random_bits
 
 
 def entry(name: str, arr: np.ndarray[Any, Any]) -> Entry:
@@ -229,32 +229,22 @@ def test_sources_that_need_a_copy_are_written_correctly(tmp_path: Path) -> None:
     assert (tmp_path / "a.pt").stat().st_size < 10_000  # strided views and broadcasts are stored compactly
 
 
-_MEASURE = """
+_MEASURE = (
+    """
 import resource, sys, threading, time
 from tensorbridge.io.torch_files import PT
 
-def anon_mb():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("RssAnon:"))
-
 start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-start_anon = anon_mb()
-peak = [start_anon]
-done = threading.Event()
-
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], anon_mb())
-        time.sleep(0.001)
-
-sampler = threading.Thread(target=sample)
-sampler.start()
+"""
+    + ANON_SAMPLER
+    + """
 archive = PT.read(sys.argv[1])
 PT.write(sys.argv[2], archive.entries, archive.structure, {})
 done.set()
 sampler.join()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 - start_rss, peak[0] - start_anon)
 """
+)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
