@@ -25,6 +25,8 @@ from .errors import (
 from .interop.nested import nested_tensor
 from .interop.quantized import QuantizedArray
 from .io.files import TensorFile, load, save
+from .pipeline import PlanCacheInfo, configure_plan_cache
+from .pipeline import cache_info as plan_cache_info
 from .io.files import open as open  # re-exported, but not in __all__: a star import keeps the builtin open
 from .transfers import PoolStats, TransferConfig, configure_transfers, release_pinned, transfer_stats
 from .tree import register_container, register_optree_namespace
@@ -32,6 +34,9 @@ from .tree import register_container, register_optree_namespace
 __version__ = "0.1.0"
 
 __all__ = [
+    "PlanCacheInfo",
+    "configure_plan_cache",
+    "plan_cache_info",
     "ROWS",
     "ConversionError",
     "CopyRefusedError",

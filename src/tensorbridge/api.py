@@ -1,68 +1,24 @@
-"""The public verbs: flatten the containers, plan each leaf, carry the plan out, rebuild.
+"""The public verbs: ``to_tensor``, ``to_numpy`` and ``explain``.
 
-The common cases (writable NumPy arrays to tensors, plain CPU tensors to NumPy, in plain
-dicts/lists/tuples, nothing asked of dtype/device/copy) skip planning: they are exactly the
-cases ``torch.from_numpy`` and ``Tensor.numpy()`` get right (see ``_fastpath``). Everything
-else goes through the planner, so ``explain()`` reports what is done; a property test checks
-that both routes agree.
+Each validates its options once (``tensorbridge.options``) and hands the data to the one
+pipeline (``tensorbridge.pipeline``), which plans each kind of leaf once and reuses the plan;
+``explain`` prints the very plans the conversion runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Final, Literal, TypeVar, overload
 
 import numpy as np
 import torch
 
-from ._convert.execute import device_error, device_errors, run_plan, run_plans
-from ._fastpath import Bail, fast_from_device, fast_to_device, fast_to_numpy, fast_to_tensor
-from .config import current as current_config
-from .devices import checked_device, remember_device
-from .dtypes import ROWS
-from .errors import DeviceError, UnsupportedError
-from .leaves import is_leaf, plan_leaf_to_numpy, plan_leaf_to_tensor
-from .plan import (
-    Plan,
-    ToNumpyOptions,
-    ToTensorOptions,
-    normalize_to_numpy,
-    normalize_to_tensor,
-)
-from .plan.core import NO_VALUE, normalize_interop
-from .plan.transfer import assign_routes, resolve_device
-from .tree import Path, format_path, iter_leaves, map_leaves
+from .errors import UnsupportedError
+from .options import NO_VALUE, numpy_options, tensor_options
+from .pipeline import convert, explain_plans
+from .plan import Plan
 
 __all__ = ["Explanation", "explain", "to_numpy", "to_tensor"]
-
-_ndarray = np.ndarray
-_generic = np.generic
-_Tensor = torch.Tensor
-_from_numpy = torch.from_numpy
-_CPU = torch.device("cpu")
-_DEFAULT_TENSOR = ToTensorOptions()
-_DEFAULT_NUMPY = ToNumpyOptions()
-# The dtypes Tensor.numpy() itself converts: rows with no carrier and no widening.
-_PLAIN_NUMPY_DTYPES = frozenset(row.torch for row in ROWS if row.carrier is None and row.exact)
-
-
-def _tensor_leaf(x: Any, path: Path, opts: ToTensorOptions) -> Any:
-    if is_leaf(x):
-        return run_plan(x, plan_leaf_to_tensor(x, opts, format_path(path)))
-    return x
-
-
-def _tensor_leaf_default(x: Any, path: Path) -> Any:
-    if type(x) is _ndarray and x.flags.writeable:
-        try:
-            return _from_numpy(x)
-        except (TypeError, ValueError):
-            pass  # the planner finds out why and what to do
-    elif type(x) is _Tensor:
-        return x
-    return _tensor_leaf(x, path, _DEFAULT_TENSOR)
-
 
 _Container = TypeVar("_Container", dict[Any, Any], list[Any], tuple[Any, ...])
 
@@ -193,124 +149,10 @@ def to_tensor(
         >>> batch["rgb"][0, 0].tolist(), batch["id"]
         ([2, 1, 0], 7)
     """
-    if dtype is None and device is None and copy is None and not requires_grad and not pin_memory:
-        if type(data) is _ndarray and data.flags.writeable:
-            try:
-                return _from_numpy(data)
-            except (TypeError, ValueError):
-                pass
-        # The options below matter only for leaves from other libraries and special tensors.
-        if dense is False and na_value is NO_VALUE and datetime_unit is None:
-            try:
-                return fast_to_tensor(data)
-            except Bail:
-                pass
-            return map_leaves(_tensor_leaf_default, data)
-    if device is not None:
-        if checked_device(device) is None:
-            _check_device(device)
-        if dtype is None and copy is None and not requires_grad and not pin_memory:
-            moved = _fast_move(data, device, non_blocking)
-            if moved is not None:
-                return moved
-            if non_blocking is None or non_blocking is True or non_blocking is False:
-                try:
-                    return fast_to_device(data, device, non_blocking)
-                except Bail:
-                    pass
-    interop = normalize_interop("to_tensor", dense, None, na_value, datetime_unit)
-    opts = normalize_to_tensor(dtype, device, copy, requires_grad, pin_memory, interop)
-    _check_non_blocking(non_blocking, "to_tensor")
-    if opts.device is not None:
-        return _convert_together(data, lambda x, path: plan_leaf_to_tensor(x, opts, path), non_blocking)
-    return map_leaves(lambda x, path: _tensor_leaf(x, path, opts), data)
-
-
-def _check_device(device: object) -> None:
-    """Check a CUDA device argument once; remember it for the fast paths if it exists."""
-    try:
-        dev = torch.device(device)  # type: ignore[call-overload]
-        if dev.type == "cuda":
-            resolve_device(dev, "data", "to_tensor", torch.float32)
-            remember_device(device, dev)
-    except (RuntimeError, TypeError, DeviceError):
-        pass  # the planner raises it, naming the leaf and the fix
-
-
-def _fast_move(data: Any, device: object, non_blocking: object) -> torch.Tensor | None:
-    """A lone small writable array to a CUDA device checked before: torch's own copy, no planning.
-
-    This is the route the planner gives such a leaf ("direct"), without the ~20 us of planning
-    that would otherwise double the latency of a 4 KiB copy.
-    """
-    if type(data) is not _ndarray or not data.flags.writeable:
-        return None
-    if not 0 < data.nbytes <= current_config().small_max_bytes:
-        return None
-    checked = checked_device(device)
-    if checked is None or not (non_blocking is None or non_blocking is True or non_blocking is False):
-        return None
-    try:
-        t = _from_numpy(data)
-    except (TypeError, ValueError):
-        return None  # the planner finds out why and what to do
-    backend, target = checked
-    try:
-        return backend.move(t, target, non_blocking is True)
-    except (MemoryError, RuntimeError, TypeError, ValueError, AssertionError) as err:
-        raise device_error(err, "data", data.nbytes, _CPU, target) from err
-
-
-def _check_non_blocking(non_blocking: object, what: str) -> None:
-    if non_blocking not in (None, True, False):
-        raise UnsupportedError(
-            what, "non_blocking", f"non_blocking must be None, True or False, not {non_blocking!r}", "Pass one of those"
-        )
-
-
-def _convert_together(data: Any, plan: Callable[[Any, str], Plan], non_blocking: bool | None) -> Any:
-    """Plan every leaf, then convert them in one go, so device copies can be packed and pipelined."""
-    leaves = iter_leaves(data, is_leaf)
-    plans = assign_routes([plan(x, format_path(p)) for p, x in leaves], current_config())
-    results = iter(run_plans([x for _, x in leaves], plans, non_blocking))
-    return map_leaves(lambda x, path: next(results) if is_leaf(x) else x, data)
-
-
-class _OnDevice(Exception):
-    """A leaf lives on a device: the call must convert all leaves together."""
-
-
-def _numpy_leaf(x: Any, path: Path, opts: ToNumpyOptions) -> Any:
-    if is_leaf(x):
-        return run_plan(x, plan_leaf_to_numpy(x, opts, format_path(path)))
-    return x
-
-
-def _numpy_leaf_default(x: Any, path: Path) -> Any:
-    # A refused .numpy() costs ~6 us (torch builds the error message): cheap checks first.
-    if type(x) is _Tensor and not x.requires_grad and x.dtype in _PLAIN_NUMPY_DTYPES:
-        try:
-            return x.numpy()
-        except (TypeError, RuntimeError):
-            pass  # the planner finds out why and what to do
-    elif isinstance(x, _ndarray):
-        return x
-    if isinstance(x, _Tensor) and x.device.type != "cpu":
-        raise _OnDevice  # device leaves are converted together, so their copies can be packed
-    return _numpy_leaf(x, path, _DEFAULT_NUMPY)
-
-
-def _plain_small_cuda(t: torch.Tensor) -> bool:
-    """A small CUDA tensor that ``.cpu().numpy()`` converts exactly: the planner's "direct" route."""
-    return (
-        t.is_cuda
-        and not t.requires_grad
-        and t.dtype in _PLAIN_NUMPY_DTYPES
-        and t.layout == torch.strided
-        and not t.is_conj()
-        and not t.is_neg()
-        and 0 < t.numel() * t.element_size() <= current_config().small_max_bytes
+    opts = tensor_options(
+        dtype, device, copy, requires_grad, pin_memory, non_blocking, dense, na_value, datetime_unit
     )
+    return convert(data, opts)
 
 
 @overload
@@ -413,29 +255,7 @@ def to_numpy(
         >>> out["w"].dtype.name, out["w"].tolist()
         ('bfloat16', [1.0, 1.0])
     """
-    if dtype is None and copy is None and non_blocking is None:
-        try:
-            # A lone tensor first: one call less on the hottest path.
-            return data.numpy() if type(data) is _Tensor else fast_to_numpy(data)
-        except (TypeError, RuntimeError, Bail):
-            pass
-        # The options below matter only for leaves from other libraries and special tensors.
-        if dense is False and quantized is None and na_value is NO_VALUE and datetime_unit is None:
-            if type(data) is _Tensor and _plain_small_cuda(data):
-                with device_errors("data", data.numel() * data.element_size(), data.device, _CPU):
-                    return data.to("cpu").numpy()
-            try:
-                return fast_from_device(data)
-            except Bail:
-                pass
-            try:
-                return map_leaves(_numpy_leaf_default, data)
-            except _OnDevice:
-                pass
-    interop = normalize_interop("to_numpy", dense, quantized, na_value, datetime_unit)
-    opts = normalize_to_numpy(dtype, copy, interop)
-    _check_non_blocking(non_blocking, "to_numpy")
-    return _convert_together(data, lambda x, path: plan_leaf_to_numpy(x, opts, path), non_blocking)
+    return convert(data, numpy_options(dtype, copy, non_blocking, dense, quantized, na_value, datetime_unit))
 
 
 @dataclass(frozen=True)
@@ -481,41 +301,25 @@ def explain(data: Any, to: Literal["tensor", "numpy"] = "tensor", **options: Any
             - flip copy (negative strides on axis 1: gathered back in order by torch)
             => fresh memory
     """
-    leaves = iter_leaves(data, is_leaf)
-    interop = normalize_interop(
-        f"explain(to={to!r})",
-        options.pop("dense", False),
-        options.pop("quantized", None) if to == "numpy" else None,
-        options.pop("na_value", NO_VALUE),
-        options.pop("datetime_unit", None),
-    )
     if to == "tensor":
-        t_opts = normalize_to_tensor(
-            options.pop("dtype", None),
-            options.pop("device", None),
-            options.pop("copy", None),
-            options.pop("requires_grad", False),
-            options.pop("pin_memory", False),
-            interop,
-        )
-        options.pop("non_blocking", None)
-        _no_more(options)
-        plans = tuple(plan_leaf_to_tensor(x, t_opts, format_path(p)) for p, x in leaves)
+        known = _TENSOR_OPTIONS
     elif to == "numpy":
-        n_opts = normalize_to_numpy(options.pop("dtype", None), options.pop("copy", None), interop)
-        options.pop("non_blocking", None)
-        _no_more(options)
-        plans = tuple(plan_leaf_to_numpy(x, n_opts, format_path(p)) for p, x in leaves)
+        known = _NUMPY_OPTIONS
     else:
         raise UnsupportedError("explain", "to", f"{to!r} is not a direction", "Pass to='tensor' or to='numpy'")
-    return Explanation(to, tuple(assign_routes(plans, current_config())))
-
-
-def _no_more(options: dict[str, Any]) -> None:
-    if options:
+    unknown = sorted(set(options) - known)
+    if unknown:
         raise UnsupportedError(
             "explain",
             "options",
-            f"unknown option(s) {sorted(options)}",
+            f"unknown option(s) {unknown} for to={to!r}",
             "Pass only the options the conversion itself takes",
         )
+    opts = tensor_options(**options) if to == "tensor" else numpy_options(**options)
+    return Explanation(to, explain_plans(data, opts))
+
+
+_TENSOR_OPTIONS: Final = frozenset(
+    {"dtype", "device", "copy", "requires_grad", "pin_memory", "non_blocking", "dense", "na_value", "datetime_unit"}
+)
+_NUMPY_OPTIONS: Final = frozenset({"dtype", "copy", "non_blocking", "dense", "quantized", "na_value", "datetime_unit"})

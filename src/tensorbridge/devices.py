@@ -189,7 +189,16 @@ def install_backend(backend: Backend) -> Backend | None:
     old = _BACKENDS.get(backend.type)
     _BACKENDS[backend.type] = backend
     _CHECKED.clear()
+    _VERSION[0] += 1
     return old
+
+
+_VERSION: list[int] = [0]
+
+
+def backends_version() -> int:
+    """A number that changes whenever a backend is installed (plans depend on the backends)."""
+    return _VERSION[0]
 
 
 # Device arguments (as the caller spelled them) already checked to exist, with their backend:

@@ -17,7 +17,7 @@ import torch
 
 from .errors import ConversionError, CopyRefusedError, OutOfMemoryError, UnsupportedError
 from .interop import adapter_for
-from .interop.base import Adopted
+from .interop.base import Adopted, Adoption
 from .plan import (
     Plan,
     ToNumpyOptions,
@@ -28,9 +28,10 @@ from .plan import (
     plan_to_numpy,
     plan_to_tensor,
 )
-from .plan.dtype_map import leaf_dtype
+from .dtype_map import leaf_dtype
+from .plan.core import Deferred, Step, Then
 
-__all__ = ["is_leaf", "plan_leaf_to_numpy", "plan_leaf_to_tensor"]
+__all__ = ["describe_leaf", "is_leaf", "plan_leaf_to_numpy", "plan_leaf_to_tensor"]
 
 _ndarray = np.ndarray
 _generic = np.generic
@@ -57,7 +58,8 @@ def is_leaf(x: object) -> bool:
     return type(x) not in _INERT and adapter_for(x) is not None
 
 
-def _describe(x: Any) -> str:
+def describe_leaf(x: Any) -> str:
+    """Describe any leaf for plans and messages (type, dtype, shape, strides, flags)."""
     if isinstance(x, _Tensor):
         return describe_tensor(x)
     if isinstance(x, (_ndarray, _generic)):
@@ -74,38 +76,65 @@ def _describe(x: Any) -> str:
     return " ".join(bits)
 
 
+def _adoption_failed(x: Any, path: str, err: Exception) -> ConversionError:
+    """The error for what an adapter or a producer raised while handing its data over."""
+    if isinstance(err, ConversionError):
+        return err
+    if isinstance(err, MemoryError):
+        why = f"{describe_leaf(x)} did not fit in memory ({err})"
+        return OutOfMemoryError("adoption", path, why, "Convert a smaller piece")
+    return UnsupportedError(
+        "adoption",
+        path,
+        f"{describe_leaf(x)} could not be handed over ({type(err).__name__}: {err})",
+        "Convert it to a NumPy array yourself first, and report the case to tensorbridge",
+    )
+
+
+def _guarded(x: Any, path: str, run: Callable[[], Any]) -> Callable[[], Any]:
+    def guarded() -> Any:
+        try:
+            return run()
+        except Exception as err:  # a library's own failure while handing over its data: named, never raw
+            raise _adoption_failed(x, path, err) from err
+
+    return guarded
+
+
 def _adopted_plan(
-    x: Any, path: str, copy: bool | None, adopt: Callable[[], Adopted], then: Callable[[Any, bool | None], Plan]
+    x: Any,
+    path: str,
+    copy: bool | None,
+    adopt: Callable[[], Adopted | Adoption],
+    then: Callable[[Any, bool | None], Plan],
 ) -> Plan:
     try:
         got = adopt()
-    except ConversionError as err:
-        return Plan(path, lambda: (_describe(x), "?"), (), err)
-    except MemoryError as err:
-        why = f"{_describe(x)} did not fit in memory ({err})"
-        oom = OutOfMemoryError("adoption", path, why, "Convert a smaller piece")
-        return Plan(path, lambda: (_describe(x), "?"), (), oom)
-    except Exception as err:  # a library's own failure while handing over its data: named, never raw
-        failed = UnsupportedError(
-            "adoption",
-            path,
-            f"{_describe(x)} could not be handed over ({type(err).__name__}: {err})",
-            "Convert it to a NumPy array yourself first, and report the case to tensorbridge",
-        )
-        return Plan(path, lambda: (_describe(x), "?"), (), failed)
-    source = got.source or _describe(x)
-    if got.step.kind == "adopt_copy" and copy is False:
+        if isinstance(got, Adoption) and got.free:  # a view made without the producer: plan what follows now
+            value = got.run()
+            got = Adopted(value, Step(got.kind, got.why, value), got.done, got.source)
+    except Exception as err:
+        failed = _adoption_failed(x, path, err)
+        return Plan(path, lambda: (describe_leaf(x), "?"), (), failed)
+    source = got.source or describe_leaf(x)
+    kind = got.kind if isinstance(got, Adoption) else got.step.kind
+    if kind == "adopt_copy" and copy is False:
+        why = got.why if isinstance(got, Adoption) else got.step.why
         refused = CopyRefusedError(
-            "conversion",
-            path,
-            f"copy=False, but adopting this leaf copies: {got.step.why}",
-            "Pass copy=None to allow the copy",
+            "conversion", path, f"copy=False, but adopting this leaf copies: {why}", "Pass copy=None to allow the copy"
         )
         return Plan(path, lambda: (source, "?"), (), refused)
-    if got.done:
-        return Plan(path, lambda: (source, _describe(got.value)), (got.step,))
     # Fresh memory from the adoption already satisfies copy=True: no second copy.
-    inner = then(got.value, None if got.step.kind == "adopt_copy" and copy is True else copy)
+    then_copy = None if kind == "adopt_copy" and copy is True else copy
+    if isinstance(got, Adoption):  # deferred: the data work, and the plan of what it gives, at execution
+        step = Step(got.kind, got.why, Deferred(_guarded(x, path, got.run)))
+        if got.done:
+            return Plan(path, lambda: (source, "its own result"), (step,))
+        follow = Step("then", "what it hands over is planned when it arrives", Then(lambda v: then(v, then_copy), then_copy))
+        return Plan(path, lambda: (source, "planned when the data arrives"), (step, follow))
+    if got.done:
+        return Plan(path, lambda: (source, describe_leaf(got.value)), (got.step,))
+    inner = then(got.value, then_copy)
     if inner.error is not None:
         return Plan(path, lambda: (source, inner.target), (), inner.error)
     return Plan(path, lambda: (source, inner.target), (got.step, *inner.steps))

@@ -13,13 +13,13 @@ import torch
 from ..dtypes import DtypeRow
 from ..errors import ConversionError, DeviceError, OutOfMemoryError, UnsupportedError
 from ..plan import Plan, Step
-from ..plan.core import may_overlap
+from ..plan.core import Deferred, may_overlap
 from ..plan.transfer import Transfer
 from .alloc import host_copy, host_empty
 from .cast import cast_array, cast_tensor
 from .transfer import move
 
-__all__ = ["device_error", "device_errors", "run_plan", "run_plans"]
+__all__ = ["EXECUTORS", "device_error", "device_errors", "run_plan", "run_plans", "run_steps"]
 
 Leaf = Any
 
@@ -152,11 +152,17 @@ def _to_numpy(t: torch.Tensor, step: Step, path: str) -> np.ndarray[Any, Any]:
 
 
 def _adopt(x: Leaf, step: Step, path: str) -> Leaf:
-    # Adoption happened while planning (see tensorbridge.leaves): the step carries its result.
-    return step.arg
+    # A deferred adoption does its data work now; a free one happened while planning (see
+    # tensorbridge.leaves) and the step carries its result.
+    return step.arg.run() if isinstance(step.arg, Deferred) else step.arg
 
 
-_EXECUTORS: Final[dict[str, Callable[[Any, Step, str], Any]]] = {
+def _then(x: Leaf, step: Step, path: str) -> Leaf:
+    # What a deferred adoption handed over is planned now, and that plan runs at once.
+    return run_plan(x, step.arg.plan(x))
+
+
+EXECUTORS: Final[dict[str, Callable[[Any, Step, str], Any]]] = {
     "adopt": _adopt,
     "adopt_copy": _adopt,
     "scalar": _scalar,
@@ -176,6 +182,7 @@ _EXECUTORS: Final[dict[str, Callable[[Any, Step, str], Any]]] = {
     "resolve_conj": _resolve_conj,
     "resolve_neg": _resolve_neg,
     "to_numpy": _to_numpy,
+    "then": _then,
 }
 
 
@@ -201,14 +208,14 @@ def run_plans(leaves: Sequence[Leaf], plans: Sequence[Plan], non_blocking: bool 
         if plan.error is not None:
             raise plan.error
     cuts = [_transfer_at(plan) for plan in plans]
-    mids = [_run_steps(x, p, 0, len(p.steps) if c < 0 else c) for x, p, c in zip(leaves, plans, cuts, strict=True)]
+    mids = [run_steps(x, p, 0, len(p.steps) if c < 0 else c) for x, p, c in zip(leaves, plans, cuts, strict=True)]
     moving = [n for n, c in enumerate(cuts) if c >= 0]
     if moving:
         items = [(mids[n], plans[n].steps[cuts[n]].arg) for n in moving]
         for n, out in zip(moving, _move([plans[n] for n in moving], items, non_blocking), strict=True):
             mids[n] = out
     return [
-        mid if c < 0 else _run_steps(mid, p, c + 1, len(p.steps)) for mid, p, c in zip(mids, plans, cuts, strict=True)
+        mid if c < 0 else run_steps(mid, p, c + 1, len(p.steps)) for mid, p, c in zip(mids, plans, cuts, strict=True)
     ]
 
 
@@ -256,11 +263,11 @@ def device_error(err: Exception, path: str, nbytes: int, source: torch.device, t
     )
 
 
-def _run_steps(leaf: Leaf, plan: Plan, start: int, stop: int) -> Leaf:
+def run_steps(leaf: Leaf, plan: Plan, start: int, stop: int) -> Leaf:
     out = leaf
     for step in plan.steps[start:stop]:
         try:
-            out = _EXECUTORS[step.kind](out, step, plan.path)
+            out = EXECUTORS[step.kind](out, step, plan.path)
         except ConversionError:
             raise
         except RuntimeError as err:

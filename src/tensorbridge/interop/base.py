@@ -1,19 +1,25 @@
 """What an adapter is: how a leaf from another library becomes an array, a tensor, or a result.
 
-An adapter *adopts* a leaf while the call is planned: it turns it into a NumPy array or a
-tensor (a view wherever the memory allows), which the ordinary planner then takes over, or
-into the finished result when the conversion is the adapter's alone (a SciPy matrix from a
-sparse tensor). The adoption is the plan's first step, so ``explain()`` shows it.
+An adapter *adopts* a leaf: it turns it into a NumPy array or a tensor (a view wherever the
+memory allows), which the ordinary planner then takes over, or into the finished result when
+the conversion is the adapter's alone (a SciPy matrix from a sparse tensor).
+
+Planning is pure: an adapter decides its :class:`Adoption` from metadata only (types, dtypes,
+shapes, flags) and hands back the data work as ``run``, which the executor calls. The plan of
+what follows is made when ``run``'s value arrives, unless the adoption is ``free`` (a view
+made without calling the producer: the buffer protocol, ``__array_interface__``), which the
+planner may run at once to plan what follows. ``explain()`` never calls a producer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from ..plan.core import Step, ToNumpyOptions, ToTensorOptions
 
-__all__ = ["Adapter", "Adopted", "adopted", "finished"]
+__all__ = ["Adapter", "Adopted", "Adoption", "adopted", "finished"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,30 @@ class Adopted:
     source: str = ""
 
 
+@dataclass(frozen=True)
+class Adoption:
+    """How a leaf will be adopted, decided without touching its data.
+
+    Attributes:
+        kind: ``adopt`` (the value is a view of the input's memory) or ``adopt_copy`` (fresh memory).
+        why: what adoption does and why, from metadata only (shown by ``explain()``).
+        run: does the data work at execution and returns the ``np.ndarray``/``torch.Tensor``
+            to continue from (or, if ``done``, the result); raises a ``ConversionError``
+            naming the leaf's path when the data turns out not to convert.
+        done: ``run()`` returns the conversion's result; no further step applies.
+        source: how the input is described in plans.
+        free: ``run()`` calls no producer and reads no data (a view through the buffer
+            protocol or ``__array_interface__``): the planner may call it to plan what follows.
+    """
+
+    kind: Literal["adopt", "adopt_copy"]
+    why: str
+    run: Callable[[], Any] = field(repr=False, compare=False)
+    done: bool = False
+    source: str = ""
+    free: bool = False
+
+
 def adopted(value: Any, why: str, *, copied: bool, source: str) -> Adopted:
     """An adoption that the planner continues from."""
     return Adopted(value, Step("adopt_copy" if copied else "adopt", why, value), False, source)
@@ -55,10 +85,10 @@ class Adapter(Protocol):
         """Return whether ``obj`` is this adapter's; cheap, and never imports a framework."""
         ...
 
-    def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adopted:
-        """Adopt ``obj`` for ``to_tensor``; raise a ConversionError naming ``path`` if it cannot."""
+    def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adoption | Adopted:
+        """Plan adopting ``obj`` for ``to_tensor`` (metadata only); raise a ConversionError naming ``path`` if it cannot."""
         ...
 
-    def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adopted:
-        """Adopt ``obj`` for ``to_numpy``; raise a ConversionError naming ``path`` if it cannot."""
+    def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adoption | Adopted:
+        """Plan adopting ``obj`` for ``to_numpy`` (metadata only); raise a ConversionError naming ``path`` if it cannot."""
         ...

@@ -10,13 +10,23 @@ from typing import Any, Final, Literal
 import numpy as np
 import torch
 
-from ..dtypes import numpy_dtype, row_for_torch, torch_dtype
-from ..errors import ConversionError, CopyRefusedError, DeviceError, UnsupportedError
-from .dtype_map import DtypeMap, normalize_dtype_map
+from ..errors import ConversionError, CopyRefusedError
+from ..options import (
+    DEFAULT_INTEROP,
+    NO_VALUE,
+    InteropOptions,
+    ToNumpyOptions,
+    ToTensorOptions,
+    normalize_interop,
+    normalize_to_numpy,
+    normalize_to_tensor,
+)
 
 __all__ = [
     "COPYING",
     "DEFAULT_INTEROP",
+    "Deferred",
+    "Then",
     "NO_VALUE",
     "InteropOptions",
     "Plan",
@@ -52,6 +62,7 @@ StepKind = Literal[
     "clone",
     "requires_grad",
     "to_numpy",
+    "then",
 ]
 # Which steps produce fresh memory. Every other step is a view of its input.
 COPYING: Final[frozenset[str]] = frozenset(
@@ -85,62 +96,24 @@ class Step:
         return f"{label} ({self.why})" if self.why else label
 
 
-class _NoValue:
-    def __repr__(self) -> str:
-        return "NO_VALUE"
+@dataclass(frozen=True)
+class Deferred:
+    """The data work of an adoption, done when the plan runs (the ``arg`` of its ``adopt`` step)."""
 
-
-#: The default of ``na_value``: missing values raise instead of being filled.
-NO_VALUE: Final = _NoValue()
-DATETIME_UNITS: Final = ("ns", "us", "ms", "s", "D")
+    run: Callable[[], Any] = field(compare=False)
 
 
 @dataclass(frozen=True)
-class InteropOptions:
-    """Choices that only leaves from other libraries need (see ``tensorbridge.interop``).
+class Then:
+    """The ``arg`` of a ``then`` step: plan what a deferred adoption handed over, and run it.
 
     Attributes:
-        dense: densify sparse matrices and tensors instead of keeping their layout.
-        quantized: ``"dequantize"`` (floats) or ``"int"`` (integer codes with their scale and
-            zero point) for quantized tensors; None raises and offers both.
-        na_value: what missing values (pandas NA/NaN in nullable columns, NaT) become;
-            :data:`NO_VALUE` raises instead.
-        datetime_unit: datetimes/timedeltas become int64 counts of this unit since the
-            epoch; None raises instead.
+        plan: makes the plan of the adopted value (pure); the executor runs it.
+        copy: the ``copy`` option that plan is made with.
     """
 
-    dense: bool = False
-    quantized: Literal["dequantize", "int"] | None = None
-    na_value: object = NO_VALUE
-    datetime_unit: str | None = None
-
-
-DEFAULT_INTEROP: Final = InteropOptions()
-
-
-@dataclass(frozen=True)
-class ToTensorOptions:
-    """The options of one ``to_tensor`` call, normalized once."""
-
-    dtype: torch.dtype | None = None
-    device: torch.device | None = None
+    plan: Callable[[Any], Plan] = field(compare=False)
     copy: bool | None = None
-    requires_grad: bool = False
-    pin_memory: bool = False
-    interop: InteropOptions = DEFAULT_INTEROP
-    dtype_map: DtypeMap[torch.dtype] | None = None
-    """``dtype=`` as a mapping; resolved per leaf into ``dtype`` before the leaf is planned."""
-
-
-@dataclass(frozen=True)
-class ToNumpyOptions:
-    """The options of one ``to_numpy`` call, normalized once."""
-
-    dtype: np.dtype[Any] | None = None
-    copy: bool | None = None
-    interop: InteropOptions = DEFAULT_INTEROP
-    dtype_map: DtypeMap[np.dtype[Any]] | None = None
-    """``dtype=`` as a mapping; resolved per leaf into ``dtype`` before the leaf is planned."""
 
 
 @dataclass(frozen=True)
@@ -176,8 +149,15 @@ class Plan:
 
     @property
     def shares_memory(self) -> bool:
-        """Whether the result shares memory with the input."""
-        return self.error is None and not any(s.kind in COPYING for s in self.steps)
+        """Whether the result shares memory with the input.
+
+        After a deferred adoption (a ``then`` step), what follows is planned when the data
+        arrives: the result shares memory for certain only under ``copy=False``, which raises
+        rather than copy.
+        """
+        if self.error is not None or any(s.kind in COPYING for s in self.steps):
+            return False
+        return all(s.arg.copy is False for s in self.steps if s.kind == "then")
 
     def __str__(self) -> str:
         head = f"{self.path}: {self.source} -> {self.target}"
@@ -256,84 +236,3 @@ def may_overlap(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int)
             return True
         extent += stride * (n - 1)
     return False
-
-
-def normalize_interop(
-    what: str,
-    dense: object = False,
-    quantized: object = None,
-    na_value: object = NO_VALUE,
-    datetime_unit: object = None,
-) -> InteropOptions:
-    """Validate the options that leaves from other libraries need."""
-    if dense not in (True, False):
-        raise UnsupportedError(what, "dense", f"dense must be True or False, not {dense!r}", "Pass one of those")
-    if quantized not in (None, "dequantize", "int"):
-        raise UnsupportedError(
-            what,
-            "quantized",
-            f"quantized must be None, 'dequantize' or 'int', not {quantized!r}",
-            "Pass 'dequantize' for floats, or 'int' for the integer codes with their scale and zero point",
-        )
-    if datetime_unit is not None and datetime_unit not in DATETIME_UNITS:
-        raise UnsupportedError(
-            what,
-            "datetime_unit",
-            f"datetime_unit must be one of {DATETIME_UNITS} or None, not {datetime_unit!r}",
-            "Pass datetime_unit='ns' for int64 nanoseconds since the epoch",
-        )
-    if dense is False and quantized is None and na_value is NO_VALUE and datetime_unit is None:
-        return DEFAULT_INTEROP
-    return InteropOptions(bool(dense), quantized, na_value, datetime_unit)
-
-
-def normalize_to_tensor(
-    dtype: object,
-    device: object,
-    copy: bool | None,
-    requires_grad: bool,
-    pin_memory: bool,
-    interop: InteropOptions = DEFAULT_INTEROP,
-) -> ToTensorOptions:
-    """Validate and normalize ``to_tensor``'s options."""
-    if isinstance(dtype, Mapping):
-        tdt, tmap = None, normalize_dtype_map(dtype, "to_tensor", _tensor_target)
-    else:
-        tdt, tmap = (None if dtype is None else _tensor_target(dtype)), None
-    try:
-        dev = None if device is None else torch.device(device)  # type: ignore[call-overload]
-    except (RuntimeError, TypeError) as err:
-        raise DeviceError(
-            "to_tensor",
-            "device",
-            f"{device!r} is not a device torch knows ({err})",
-            "Pass 'cpu', 'cuda', 'cuda:1' or a torch.device",
-        ) from err
-    if copy not in (None, True, False):
-        raise UnsupportedError(
-            "to_tensor", "copy", f"copy must be None, True or False, not {copy!r}", "Pass one of those"
-        )
-    return ToTensorOptions(tdt, dev, copy, bool(requires_grad), bool(pin_memory), interop, tmap)
-
-
-def _tensor_target(dtype: object) -> torch.dtype:
-    tdt = torch_dtype(dtype)
-    if row_for_torch(tdt) is None:
-        raise UnsupportedError(
-            "to_tensor",
-            "dtype",
-            f"{tdt} cannot be produced from NumPy data",
-            "Convert to a plain dtype first, then use torch's own API (e.g. quantize_per_tensor)",
-        )
-    return tdt
-
-
-def normalize_to_numpy(dtype: object, copy: bool | None, interop: InteropOptions = DEFAULT_INTEROP) -> ToNumpyOptions:
-    """Validate and normalize ``to_numpy``'s options."""
-    if copy not in (None, True, False):
-        raise UnsupportedError(
-            "to_numpy", "copy", f"copy must be None, True or False, not {copy!r}", "Pass one of those"
-        )
-    if isinstance(dtype, Mapping):
-        return ToNumpyOptions(None, copy, interop, normalize_dtype_map(dtype, "to_numpy", numpy_dtype))
-    return ToNumpyOptions(None if dtype is None else numpy_dtype(dtype), copy, interop)

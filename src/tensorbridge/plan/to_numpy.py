@@ -96,7 +96,7 @@ def _steps_tensor_to_numpy(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> 
         if before:
             steps += casts
         steps.append(
-            transfer_step("to_host", t.device, torch.device("cpu"), t.numel() * wire.itemsize, wire, lambda: False)
+            transfer_step("to_host", t.device, torch.device("cpu"), t.numel() * wire.itemsize, wire)
         )
         if not before:
             steps += casts

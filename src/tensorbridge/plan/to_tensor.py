@@ -14,7 +14,7 @@ from ..errors import ConversionError, UnsupportedError
 from .core import COPYING, Plan, Step, ToTensorOptions, describe_array, describe_tensor, finish_copies, may_overlap
 from .transfer import device_steps, needs_device, resolve_device
 
-__all__ = ["plan_tensor_to_tensor", "plan_to_tensor"]
+__all__ = ["is_pinned_array", "is_pinned_tensor", "plan_tensor_to_tensor", "plan_to_tensor"]
 
 _KIND_FIX: Final = {
     "O": (
@@ -181,7 +181,7 @@ def _steps_to_tensor(
     wire = target if cast is not None and not cast_after else row.torch
     shared = not any(s.kind in COPYING for s in steps) and steps[-1].kind in ("share", "share_readonly")
     steps += device_steps(
-        opts, cpu, device, path, nbytes=arr.size * wire.itemsize, dtype=wire, pinned=lambda: shared and _pinned(arr)
+        opts, cpu, device, path, nbytes=arr.size * wire.itemsize, dtype=wire, host_check=is_pinned_array if shared else None, host=arr
     )
     if cast is not None and cast_after:
         steps.append(cast)
@@ -197,7 +197,7 @@ def _steps_to_tensor(
 _GRAD_OWN_MEMORY: Final = "requires_grad=True: elements of the input share memory, and a leaf must own each one"
 
 
-def _pinned(a: np.ndarray[Any, Any]) -> bool:
+def is_pinned_array(a: np.ndarray[Any, Any]) -> bool:
     """Whether a host array lives in page-locked memory (one made from a pinned tensor does)."""
     cuda = backend_for("cuda")
     if cuda is None:
@@ -250,7 +250,8 @@ def plan_tensor_to_tensor(t: torch.Tensor, opts: ToTensorOptions, path: str) -> 
             path,
             nbytes=t.numel() * wire.itemsize,
             dtype=wire,
-            pinned=lambda: not steps and _tensor_pinned(t),
+            host_check=None if steps else is_pinned_tensor,
+            host=t,
         )
         if cast is not None and cast_after:
             steps.append(cast)
@@ -271,6 +272,7 @@ def plan_tensor_to_tensor(t: torch.Tensor, opts: ToTensorOptions, path: str) -> 
     return Plan(path, lambda: (describe_tensor(t), _tensor_target(target, device)), tuple(steps))
 
 
-def _tensor_pinned(t: torch.Tensor) -> bool:
+def is_pinned_tensor(t: torch.Tensor) -> bool:
+    """Whether a CPU tensor lives in page-locked memory."""
     cuda = backend_for("cuda")
     return t.device.type == "cpu" and cuda is not None and cuda.available() and cuda.is_pinned(t)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Final, Literal
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
 
 import torch
 
@@ -33,6 +33,10 @@ __all__ = [
     "PACK_ALIGN",
     "Transfer",
     "assign_routes",
+    "assign_transfers",
+    "is_small",
+    "transfer_of",
+    "with_transfer",
     "device_steps",
     "format_bytes",
     "needs_device",
@@ -40,6 +44,7 @@ __all__ = [
     "pack_layout",
     "resolve_device",
     "route_for",
+    "route_transfer",
     "transfer_step",
     "wire_dtype",
 ]
@@ -86,6 +91,8 @@ class Transfer:
     group_leaves: int = 0
     group_bytes: int = 0
     dtype: torch.dtype = torch.uint8
+    host_check: Callable[[Any], bool] | None = field(default=None, compare=False, repr=False)
+    """Asks whether a leaf's host memory is page-locked (None: never asked); kept for leaves of the same kind."""
 
     def describe(self, cfg: TransferConfig) -> str:
         """Say how this copy travels, for ``explain()``."""
@@ -122,6 +129,17 @@ def format_bytes(n: int) -> str:
             return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def is_small(nbytes: int, cfg: TransferConfig) -> bool:
+    """Whether a leaf of ``nbytes`` is small enough to be packed with others (the one rule).
+
+    Example:
+        >>> from tensorbridge.config import TransferConfig
+        >>> is_small(16384, TransferConfig(small_max_bytes=65536, chunk_bytes=4096))
+        False
+    """
+    return nbytes <= min(cfg.small_max_bytes, cfg.chunk_bytes)
 
 
 def route_for(
@@ -161,7 +179,7 @@ def route_for(
         return Transfer(target, source, direction, nbytes, "direct", dtype=dtype)
     if pinned and direction == "h2d":
         return Transfer(target, source, direction, nbytes, "pinned", dtype=dtype)
-    if nbytes <= min(cfg.small_max_bytes, cfg.chunk_bytes):
+    if is_small(nbytes, cfg):
         return Transfer(target, source, direction, nbytes, "small", dtype=dtype)
     return Transfer(target, source, direction, nbytes, "staged", math.ceil(nbytes / cfg.chunk_bytes), dtype=dtype)
 
@@ -197,46 +215,57 @@ def _transfer_index(plan: Plan) -> int:
     return -1
 
 
-def assign_routes(plans: Sequence[Plan], cfg: TransferConfig) -> list[Plan]:
+def assign_transfers(transfers: Sequence[Transfer | None], cfg: TransferConfig) -> list[Transfer | None]:
     """Decide the ``small`` routes of one call: packed in groups when enough travel together, else direct.
 
     Leaves are packed per (direction, source, target) in walk order, a group closing when the
-    next leaf would take it past ``chunk_bytes``.
+    next leaf would take it past ``chunk_bytes``. ``None`` marks a leaf that does not travel.
     """
     small: dict[tuple[str, torch.device, torch.device], list[int]] = {}
-    where = [_transfer_index(p) for p in plans]
-    for n, (plan, i) in enumerate(zip(plans, where, strict=True)):
-        if i >= 0:
-            tr: Transfer = plan.steps[i].arg
-            if tr.route == "small":
-                small.setdefault((tr.direction, tr.source, tr.device), []).append(n)
-    routes: dict[int, Transfer] = {}
+    for n, tr in enumerate(transfers):
+        if tr is not None and tr.route == "small":
+            small.setdefault((tr.direction, tr.source, tr.device), []).append(n)
+    out = list(transfers)
     group = 0
     for members in small.values():
         if len(members) < cfg.pack_min_leaves:
             for n in members:
-                routes[n] = dataclasses.replace(_arg(plans[n], where[n]), route="direct")
+                out[n] = dataclasses.replace(transfers[n], route="direct")  # type: ignore[type-var]
             continue
-        trs = [_arg(plans[n], where[n]) for n in members]
+        trs: list[Transfer] = [transfers[n] for n in members]  # type: ignore[misc]
         for chunk in pack_groups([(t.dtype, t.nbytes) for t in trs], cfg.chunk_bytes):
             _, total = pack_layout([(trs[k].dtype, trs[k].nbytes) for k in chunk])
             for k in chunk:
-                routes[members[k]] = dataclasses.replace(
+                out[members[k]] = dataclasses.replace(
                     trs[k], route="packed", group=group, group_leaves=len(chunk), group_bytes=total
                 )
             group += 1
-    out = list(plans)
-    for n, tr in routes.items():
-        plan, i = plans[n], where[n]
-        old = plan.steps[i]
-        steps = (*plan.steps[:i], Step(old.kind, _why(tr, cfg), tr), *plan.steps[i + 1 :])
-        out[n] = dataclasses.replace(plan, steps=steps)
     return out
 
 
-def _arg(plan: Plan, i: int) -> Transfer:
+def transfer_of(plan: Plan) -> Transfer | None:
+    """The plan's host <-> device copy, or None."""
+    i = _transfer_index(plan)
+    if i < 0:
+        return None
     tr: Transfer = plan.steps[i].arg
     return tr
+
+
+def with_transfer(plan: Plan, tr: Transfer | None, cfg: TransferConfig) -> Plan:
+    """``plan`` with its transfer step replaced by ``tr`` (routed by :func:`assign_transfers`)."""
+    i = _transfer_index(plan)
+    if i < 0 or tr is None or plan.steps[i].arg is tr:
+        return plan
+    old = plan.steps[i]
+    steps = (*plan.steps[:i], Step(old.kind, _why(tr, cfg), tr), *plan.steps[i + 1 :])
+    return dataclasses.replace(plan, steps=steps)
+
+
+def assign_routes(plans: Sequence[Plan], cfg: TransferConfig) -> list[Plan]:
+    """:func:`assign_transfers` over whole plans (each transfer step rewritten with its route)."""
+    routed = assign_transfers([transfer_of(p) for p in plans], cfg)
+    return [with_transfer(p, tr, cfg) for p, tr in zip(plans, routed, strict=True)]
 
 
 def pack_groups(members: Sequence[tuple[torch.dtype, int]], limit: int) -> list[list[int]]:
@@ -317,28 +346,53 @@ def needs_device(target: torch.device, current: torch.device) -> bool:
     return target.index is not None and target.index != (current.index or 0)
 
 
+def route_transfer(
+    source: torch.device,
+    target: torch.device,
+    nbytes: int,
+    dtype: torch.dtype,
+    host_check: Callable[[Any], bool] | None,
+    host: Any,
+    cfg: TransferConfig,
+) -> Transfer:
+    """One leaf's copy and its route; the page-lock check runs only where it picks the route.
+
+    Args:
+        source: where the data is.
+        target: where it goes.
+        nbytes: bytes that travel.
+        dtype: their dtype (they travel as same-size integers).
+        host_check: asks whether ``host``'s memory is page-locked, or None (never).
+        host: the host-side leaf.
+        cfg: the transfer settings.
+    """
+    backend = backend_for(target.type if source.type == "cpu" else source.type)
+    staging = backend is not None and backend.staging
+    asked = staging and host_check is not None and source.type == "cpu" and not is_small(nbytes, cfg)
+    tr = route_for(
+        source,
+        target,
+        nbytes,
+        wire_dtype(dtype),
+        pinned=asked and host_check(host),  # type: ignore[misc]  # asked implies a check
+        staging=staging,
+        cfg=cfg,
+    )
+    return tr if host_check is None else dataclasses.replace(tr, host_check=host_check)
+
+
 def transfer_step(
     kind: Literal["to_device", "to_host"],
     source: torch.device,
     target: torch.device,
     nbytes: int,
     dtype: torch.dtype,
-    pinned: Callable[[], bool],
+    host_check: Callable[[Any], bool] | None = None,
+    host: Any = None,
 ) -> Step:
     """The step that moves ``nbytes`` of ``dtype`` from ``source`` to ``target``, with its route."""
     cfg = current()
-    backend = backend_for(target.type if source.type == "cpu" else source.type)
-    staging = backend is not None and backend.staging
-    large = nbytes > min(cfg.small_max_bytes, cfg.chunk_bytes)
-    tr = route_for(
-        source,
-        target,
-        nbytes,
-        wire_dtype(dtype),
-        pinned=staging and large and source.type == "cpu" and pinned(),
-        staging=staging,
-        cfg=cfg,
-    )
+    tr = route_transfer(source, target, nbytes, dtype, host_check, host, cfg)
     return Step(kind, _why(tr, cfg), tr)
 
 
@@ -354,7 +408,8 @@ def device_steps(
     *,
     nbytes: int,
     dtype: torch.dtype,
-    pinned: Callable[[], bool],
+    host_check: Callable[[Any], bool] | None,
+    host: Any,
 ) -> list[Step]:
     """The device move and pinning steps of ``to_tensor``, after any cast on the source side.
 
@@ -365,11 +420,12 @@ def device_steps(
         path: the leaf's key path, for errors.
         nbytes: the bytes that would travel.
         dtype: their dtype.
-        pinned: says whether the host memory is page-locked (asked only when it matters).
+        host_check: asks whether ``host``'s memory is page-locked (only where that picks the route).
+        host: the host-side leaf.
     """
     steps = []
     if target is not None and needs_device(target, source):
-        steps.append(transfer_step("to_device", source, target, nbytes, dtype, pinned))
+        steps.append(transfer_step("to_device", source, target, nbytes, dtype, host_check, host))
     if opts.pin_memory:
         if opts.device is not None and opts.device.type != "cpu":
             raise DeviceError(

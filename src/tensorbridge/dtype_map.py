@@ -16,8 +16,8 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
-from ..dtypes import numpy_dtype, row_for_numpy, torch_dtype
-from ..errors import UnsupportedError
+from .dtypes import numpy_dtype, row_for_numpy, torch_dtype
+from .errors import UnsupportedError
 
 __all__ = ["DtypeMap", "leaf_dtype", "normalize_dtype_map"]
 

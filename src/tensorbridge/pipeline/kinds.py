@@ -1,0 +1,117 @@
+"""The kind of a leaf: the facts its plan depends on, as a cheap, hashable key.
+
+Two leaves of one kind get the same plan, so the plan is made once per kind (see
+``pipeline.cache``). A key holds the call's options token, the leaf's exact type and dtype,
+and the layout facts the planner reads: for arrays writability, contiguity and, for other
+layouts, each axis's stride sign, whole-element strides and (when a new leaf must own its
+memory) overlap; for tensors the device, layout, grad, conjugate and negative bits.
+
+Contiguous arrays are keyed by their flags alone. Their axes of size 1 may still carry a
+negative or partial stride (``a[::-1]`` on a size-1 axis); ``torch.from_numpy`` refuses those,
+and the pipeline then plans that one leaf in full (see :func:`canonical`), so a cached plan
+never runs on a leaf it was not made for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import numpy as np
+import torch
+
+from ..options import ToNumpyOptions, ToTensorOptions
+from ..plan.core import may_overlap
+
+__all__ = ["Keyer", "canonical", "keyer_for"]
+
+Keyer = Callable[[Any, int], Any]
+
+_CONTIGUOUS: Final = 0x1 | 0x2  # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_F_CONTIGUOUS
+_WRITEABLE: Final = 0x400  # NPY_ARRAY_WRITEABLE
+_FLAGS: Final = _CONTIGUOUS | _WRITEABLE
+
+
+def _axes(a: np.ndarray[Any, Any]) -> tuple[Any, ...]:
+    """The planner's layout facts of a non-contiguous array (see ``plan.to_tensor``)."""
+    size = a.size
+    itemsize = a.dtype.itemsize
+    signs = tuple(
+        ((st > 0) - (st < 0)) if n > 1 and size else (2 if st < 0 else 3)
+        for st, n in zip(a.strides, a.shape, strict=True)
+    )
+    whole = size == 0 or not any(st % itemsize for st in a.strides)
+    return signs, whole
+
+
+def canonical(a: np.ndarray[Any, Any]) -> bool:
+    """Whether a contiguous array's strides are all non-negative whole elements (what its key assumes)."""
+    itemsize = a.dtype.itemsize
+    return all(st >= 0 and st % itemsize == 0 for st in a.strides)
+
+
+def _array(a: Any, token: int) -> Any:
+    flags = a.flags.num & _FLAGS
+    if flags & _CONTIGUOUS:
+        return (token, type(a), a.dtype, flags)
+    return (token, type(a), a.dtype, flags, _axes(a))
+
+
+def _array_owning(a: Any, token: int) -> Any:
+    """As :func:`_array`, and whether elements overlap (a new leaf must own each one)."""
+    flags = a.flags.num & _FLAGS
+    if flags & _CONTIGUOUS:
+        return (token, type(a), a.dtype, flags)
+    return (token, type(a), a.dtype, flags, _axes(a), may_overlap(a.shape, a.strides, a.dtype.itemsize))
+
+
+def _array_as_is(a: Any, token: int) -> Any:
+    """``to_numpy`` of an array: only its type and dtype matter."""
+    return (token, type(a), a.dtype)
+
+
+def _scalar(x: Any, token: int) -> Any:
+    return (token, type(x), x.dtype)
+
+
+def _tensor(t: Any, token: int) -> Any:
+    return (
+        token,
+        type(t),
+        t.dtype,
+        t.device,
+        t.requires_grad,
+        t.layout,
+        t.is_nested,
+        t.is_conj(),
+        t.is_neg(),
+    )
+
+
+def _tensor_owning(t: Any, token: int) -> Any:
+    """As :func:`_tensor`, and the facts ``requires_grad=True`` reads: leaf, inference mode, overlap."""
+    strided = t.layout == torch.strided and not t.is_nested
+    overlap = strided and may_overlap(tuple(t.shape), t.stride(), 1)
+    return (*_tensor(t, token), t.is_leaf, t.is_inference(), overlap)
+
+
+# Types that are never leaves: walked past at the cost of one set lookup.
+INERT: Final = frozenset({type(None), bool, int, float, complex, str})
+
+
+def keyer_for(cls: type, opts: ToTensorOptions | ToNumpyOptions) -> Keyer | None:
+    """The key function for leaves of exact type ``cls`` under ``opts``, or None (planned one by one).
+
+    Types other libraries own (buffers, DLPack producers, pandas, SciPy) are adopted, which
+    depends on the object, not its type: they are planned leaf by leaf.
+    """
+    owning = isinstance(opts, ToTensorOptions) and opts.requires_grad
+    if issubclass(cls, np.ndarray):
+        if isinstance(opts, ToNumpyOptions):
+            return _array_as_is
+        return _array_owning if owning else _array
+    if issubclass(cls, np.generic):
+        return None if issubclass(cls, (np.str_, np.bytes_)) else _scalar
+    if issubclass(cls, torch.Tensor):
+        return _tensor_owning if owning else _tensor
+    return None

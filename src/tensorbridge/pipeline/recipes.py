@@ -1,0 +1,157 @@
+"""A recipe: one kind of leaf's plan, made ready to run on every leaf of that kind.
+
+A recipe keeps the plan's steps, with the few facts that differ from leaf to leaf (the shape a
+broadcast expands back to, the bytes a device copy moves and so its route) worked out again
+for each leaf by :func:`bind` and :func:`transfer_for`, the same functions for ``explain`` and
+for the conversion. Steps run through the executors of ``_convert.execute``; the most common
+step lists run as one fused call, with the very same torch and NumPy calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._convert.execute import EXECUTORS
+from ..config import TransferConfig
+from ..dtypes import DtypeRow
+from ..plan.core import Plan, Step
+from ..plan.transfer import Transfer, route_transfer, with_transfer
+
+__all__ = ["Recipe", "bind", "recipe_for", "transfer_for"]
+
+Run = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, eq=False)
+class Recipe:
+    """One kind of leaf's plan, ready to run.
+
+    Attributes:
+        plan: the plan it was made from (for the first leaf of the kind, or for this leaf alone).
+        own: the plan was made for one leaf only (an adopted leaf, an error): never reused.
+        before: runs the steps before the device copy (all of them when there is none).
+        after: runs the steps after the device copy; takes (value, original leaf).
+        cut: index of the device-copy step, or -1.
+        compacted: the copy moves a broadcast's distinct values only.
+    """
+
+    plan: Plan
+    own: bool
+    before: Run
+    after: Callable[[Any, Any], Any]
+    cut: int = -1
+    compacted: bool = False
+
+    @property
+    def error(self) -> Any:
+        return self.plan.error
+
+
+def _same(x: Any) -> Any:
+    return x
+
+
+def _same_after(x: Any, leaf: Any) -> Any:
+    return x
+
+
+def _fused(steps: tuple[Step, ...]) -> Run | None:
+    """The step lists almost every leaf has, as one call each (the executors' very calls)."""
+    kinds = tuple(s.kind for s in steps)
+    if kinds == ():
+        return _same
+    if kinds == ("share",):
+        row: DtypeRow = steps[0].arg
+        if row.carrier is None:
+            return torch.from_numpy
+        carrier, dtype = row.carrier, row.torch
+        return lambda a: torch.from_numpy(a.view(carrier)).view(dtype)
+    if kinds in (("to_numpy",), ("detach", "to_numpy")):
+        row = steps[-1].arg
+        detach = kinds[0] == "detach"
+        if row.carrier is None:
+            return (lambda t: t.detach().numpy()) if detach else torch.Tensor.numpy
+        bits = torch.int16 if row.carrier.itemsize == 2 else torch.uint8
+        np_dtype = row.numpy
+        if detach:
+            return lambda t: t.detach().view(bits).numpy().view(np_dtype)
+        return lambda t: t.view(bits).numpy().view(np_dtype)
+    return None
+
+
+def _chain(steps: tuple[Step, ...], path: str) -> Callable[[Any, Any], Any]:
+    """Run ``steps`` in order; ``expand`` restores the original leaf's own shape."""
+    pairs = tuple((EXECUTORS[s.kind], s) for s in steps)
+    if not any(s.kind == "expand" for s in steps):
+
+        def run(x: Any, leaf: Any) -> Any:
+            for fn, step in pairs:
+                x = fn(x, step, path)
+            return x
+
+        return run
+
+    def run_expanding(x: Any, leaf: Any) -> Any:
+        for fn, step in pairs:
+            x = x.expand(np.shape(leaf)) if step.kind == "expand" else fn(x, step, path)
+        return x
+
+    return run_expanding
+
+
+def recipe_for(plan: Plan, leaf: Any, own: bool) -> Recipe:
+    """Make ``plan`` (made for ``leaf``) ready to run on every leaf of its kind."""
+    steps = plan.steps
+    own = own or plan.error is not None or any(s.kind in ("adopt", "adopt_copy") for s in steps)
+    cut = next((i for i, s in enumerate(steps) if s.kind in ("to_device", "to_host")), -1)
+    head = steps if cut < 0 else steps[:cut]
+    tail = () if cut < 0 else steps[cut + 1 :]
+    fused = _fused(head) if not own else None
+    chain = _chain(head, plan.path)
+    before: Run = fused if fused is not None else (lambda x: chain(x, x))
+    after = _chain(tail, plan.path) if tail else _same_after
+    compacted = any(s.kind == "compact" for s in head)
+    return Recipe(plan, own, before, after, cut, compacted)
+
+
+def _moved_elements(leaf: Any, compacted: bool) -> int:
+    if isinstance(leaf, torch.Tensor):
+        return int(leaf.numel())
+    if compacted:
+        return math.prod(1 if st == 0 else n for st, n in zip(leaf.strides, leaf.shape, strict=True))
+    return int(np.size(leaf))
+
+
+def transfer_for(recipe: Recipe, leaf: Any, cfg: TransferConfig) -> Transfer | None:
+    """This leaf's device copy under ``recipe``: its bytes, and the route :func:`route_for` gives them."""
+    if recipe.cut < 0:
+        return None
+    template: Transfer = recipe.plan.steps[recipe.cut].arg
+    if recipe.own:
+        return template
+    nbytes = _moved_elements(leaf, recipe.compacted) * template.dtype.itemsize
+    return route_transfer(template.source, template.device, nbytes, template.dtype, template.host_check, leaf, cfg)
+
+
+def bind(recipe: Recipe, leaf: Any, path: str, tr: Transfer | None, cfg: TransferConfig, describe: Any) -> Plan:
+    """The plan of this leaf: the recipe's steps with this leaf's path, shape and routed copy."""
+    plan = recipe.plan
+    if not recipe.own:
+        steps = tuple(
+            Step("expand", f"back to shape {np.shape(leaf)} with zero strides", np.shape(leaf))
+            if s.kind == "expand"
+            else s
+            for s in plan.steps
+        )
+        target = plan.target
+        plan = Plan(path, lambda: (describe(leaf), target), steps)
+    elif plan.path != path:
+        plan = dataclasses.replace(plan, path=path)
+    return with_transfer(plan, tr, cfg)

@@ -1,0 +1,220 @@
+"""The one conversion pipeline: walk, find or make each kind of leaf's recipe, run it, rebuild.
+
+Every call goes through here: a lone leaf, a container, with or without options or a device,
+and ``explain``. A leaf's kind (``pipeline.kinds``) finds its recipe in the plan cache; a miss
+asks the planner once for that kind. Leaves other libraries own are planned one by one.
+
+Calls without device copies run each leaf's recipe as the walk meets it. Calls with device
+copies (found when the first such leaf is met) walk twice: first every leaf's recipe and copy
+(:func:`prepare`, which is also what ``explain`` prints), then the routes of the whole call
+(small leaves packed together), then the copies, all at once, then the rebuild.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from .._convert.execute import device_errors, run_plan, run_steps
+from .._convert.transfer import move
+from ..config import current
+from ..leaves import describe_leaf, is_leaf, plan_leaf_to_numpy, plan_leaf_to_tensor
+from ..options import ToNumpyOptions, ToTensorOptions
+from ..plan.core import Plan
+from ..plan.transfer import Transfer, assign_transfers
+from ..tree import Path, format_path, iter_leaves, map_leaves
+from . import cache
+from .kinds import INERT, canonical, keyer_for
+from .recipes import Recipe, bind, recipe_for, transfer_for
+
+__all__ = ["convert", "explain_plans", "prepare"]
+
+Options = ToTensorOptions | ToNumpyOptions
+
+
+class _Moving(Exception):
+    """A leaf needs a device copy: the call converts all its leaves together."""
+
+
+_PASS: Final = object()  # a type that never converts
+_BY_HAND: Final = object()  # a type whose leaves are planned one by one
+_MISSING: Final = object()
+# Per kind of options (to_numpy, to_tensor, to_tensor owning its memory): exact type -> keyer.
+_KEYERS: Final[tuple[dict[type, Any], dict[type, Any], dict[type, Any]]] = ({}, {}, {})
+
+
+def _table(opts: Options) -> dict[type, Any]:
+    if isinstance(opts, ToNumpyOptions):
+        return _KEYERS[0]
+    return _KEYERS[2] if opts.requires_grad else _KEYERS[1]
+
+
+def _classify(cls: type, opts: Options) -> Any:
+    if cls in INERT:
+        return _PASS
+    keyer = keyer_for(cls, opts)
+    return _BY_HAND if keyer is None else keyer
+
+
+def _plan(x: Any, opts: Options, path: str) -> Plan:
+    if isinstance(opts, ToNumpyOptions):
+        return plan_leaf_to_numpy(x, opts, path)
+    return plan_leaf_to_tensor(x, opts, path)
+
+
+def _made(x: Any, key: Any, opts: Options, path: Path) -> Recipe:
+    """Plan the first leaf of a kind and remember its recipe (unless it holds for this leaf only)."""
+    plan = _plan(x, opts, format_path(path))
+    # A contiguous array's key assumes canonical strides; an odd one gets its own plan.
+    odd = len(key) == 4 and hasattr(x, "strides") and not canonical(x)
+    recipe = recipe_for(plan, x, own=odd)
+    if recipe.own:
+        cache.counted()
+    else:
+        cache.store(key, recipe)
+    return recipe
+
+
+def _own(x: Any, opts: Options, path: Path) -> Recipe:
+    cache.counted()
+    return recipe_for(_plan(x, opts, format_path(path)), x, own=True)
+
+
+def find(x: Any, opts: Options, path: Path, keyers: dict[type, Any] | None = None) -> Recipe | None:
+    """The recipe for leaf ``x`` (None: ``x`` passes through unchanged)."""
+    keyers = _table(opts) if keyers is None else keyers
+    cls = type(x)
+    keyer = keyers.get(cls, _MISSING)
+    if keyer is _MISSING:
+        keyer = keyers[cls] = _classify(cls, opts)
+    if keyer is _PASS:
+        return None
+    if keyer is _BY_HAND or opts.token < 0:
+        return _own(x, opts, path) if is_leaf(x) else None
+    key = keyer(x, opts.token)
+    recipe: Recipe | None = cache.lookup(key)
+    if recipe is None:
+        return _made(x, key, opts, path)
+    if len(key) == 4 and recipe.cut >= 0 and not canonical(x):
+        return _own(x, opts, path)  # see kinds.canonical; checked here where routes are decided
+    return recipe
+
+
+def _by_plan(x: Any, opts: Options, path: Path) -> Any:
+    """Plan this one leaf in full and run it: its errors name its path, odd layouts get their own plan."""
+    return run_plan(x, _plan(x, opts, format_path(path)))
+
+
+def _inline(opts: Options) -> Callable[[Any, Path], Any]:
+    keyers = _table(opts)
+    token = opts.token
+    lookup = cache.lookup
+
+    def leaf(x: Any, path: Path) -> Any:
+        cls = type(x)
+        keyer = keyers.get(cls, _MISSING)
+        if keyer is _MISSING:
+            keyer = keyers[cls] = _classify(cls, opts)
+        if keyer is _PASS:
+            return x
+        if keyer is _BY_HAND or token < 0:
+            recipe = find(x, opts, path, keyers)
+            if recipe is None:
+                return x
+        else:
+            key = keyer(x, token)
+            recipe = lookup(key) or _made(x, key, opts, path)
+        if recipe.cut >= 0:
+            raise _Moving
+        if recipe.own:
+            return run_plan(x, recipe.plan)
+        try:
+            return recipe.before(x)
+        except Exception:  # an odd layout its kind's plan does not fit, or an error: planned in full
+            return _by_plan(x, opts, path)
+
+    return leaf
+
+
+def convert(data: Any, opts: Options) -> Any:
+    """Convert every leaf of ``data`` under ``opts``; rebuild the containers around the results."""
+    if isinstance(opts, ToTensorOptions) and (opts.device is not None or opts.pin_memory):
+        cache.validate()
+        if opts.device is not None and opts.device.type != "cpu":
+            return _together(data, opts)
+    try:
+        return map_leaves(_inline(opts), data)
+    except _Moving:
+        return _together(data, opts)
+
+
+def prepare(
+    data: Any, opts: Options
+) -> tuple[list[tuple[Path, Any]], list[Recipe | None], list[Transfer | None]]:
+    """Every leaf of ``data``, its recipe, and its device copy routed with the call's others."""
+    cache.validate()
+    leaves = iter_leaves(data, is_leaf)
+    keyers = _table(opts)
+    recipes = [find(x, opts, path, keyers) for path, x in leaves]
+    cfg = current()
+    trs = [None if r is None else transfer_for(r, x, cfg) for r, (_, x) in zip(recipes, leaves, strict=True)]
+    return leaves, recipes, assign_transfers(trs, cfg)
+
+
+def _together(data: Any, opts: Options) -> Any:
+    leaves, recipes, trs = prepare(data, opts)
+    for recipe, (path, x) in zip(recipes, leaves, strict=True):
+        if recipe is not None and recipe.error is not None:
+            raise recipe.error if recipe.own else _plan(x, opts, format_path(path)).error  # type: ignore[misc]
+    mids: list[Any] = []
+    for recipe, (path, x) in zip(recipes, leaves, strict=True):
+        mids.append(x if recipe is None else _before(recipe, x, opts, path))
+    moving = [n for n, tr in enumerate(trs) if tr is not None]
+    if moving:
+        items = [(mids[n], trs[n]) for n in moving]
+        first: Transfer = trs[moving[0]]  # type: ignore[assignment]
+        label = format_path(leaves[moving[0]][0])
+        if len(moving) > 1:
+            packed = all(items[k][1].route == "packed" for k in range(len(items)))  # type: ignore[union-attr]
+            label = f"data ({len(moving)} leaves packed together)" if packed else f"{label} and {len(moving) - 1} more leaves"
+        with device_errors(label, sum(tr.nbytes for _, tr in items), first.source, first.device):  # type: ignore[union-attr]
+            moved = move(items, opts.non_blocking)  # type: ignore[arg-type]
+        for n, out in zip(moving, moved, strict=True):
+            mids[n] = out
+    results = []
+    for recipe, mid, (path, x) in zip(recipes, mids, leaves, strict=True):
+        results.append(mid if recipe is None or recipe.cut < 0 else _after(recipe, mid, x, opts, path))
+    it = iter(results)
+    return map_leaves(lambda v, p: next(it) if is_leaf(v) else v, data)
+
+
+def _before(recipe: Recipe, x: Any, opts: Options, path: Path) -> Any:
+    try:
+        return recipe.before(x)
+    except Exception:  # the leaf's own plan, for an error naming its path
+        if recipe.own:
+            raise
+        plan = _plan(x, opts, format_path(path))
+        cut = recipe.cut if recipe.cut >= 0 else len(plan.steps)
+        return run_steps(x, plan, 0, cut)
+
+
+def _after(recipe: Recipe, mid: Any, x: Any, opts: Options, path: Path) -> Any:
+    try:
+        return recipe.after(mid, x)
+    except Exception:
+        if recipe.own:
+            raise
+        plan = bind(recipe, x, format_path(path), None, current(), describe_leaf)
+        return run_steps(mid, plan, recipe.cut + 1, len(plan.steps))
+
+
+def explain_plans(data: Any, opts: Options) -> tuple[Plan, ...]:
+    """The plan each leaf of ``data`` would run under ``opts``: :func:`prepare`'s recipes, bound to each leaf."""
+    leaves, recipes, trs = prepare(data, opts)
+    cfg = current()
+    return tuple(
+        bind(r, x, format_path(path), tr, cfg, describe_leaf)
+        for r, tr, (path, x) in zip(recipes, trs, leaves, strict=True)
+        if r is not None
+    )
