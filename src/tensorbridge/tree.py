@@ -20,6 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Final
 
+import numpy as np
+import torch
+
 from .containers import (
     ContainerSpec,
     KeyStyle,
@@ -28,12 +31,13 @@ from .containers import (
     registries_token,
     rule_for,
 )
-from .errors import StructureError, UnsupportedError
+from .errors import ConversionError, StructureError, UnsupportedError
 
 __all__ = [
     "ContainerSpec",
     "KeyStyle",
     "Path",
+    "fold",
     "format_path",
     "iter_leaves",
     "map_leaves",
@@ -53,6 +57,9 @@ _REGISTRY: dict[type, ContainerSpec] = {}
 # number of optree namespaces named) when the cache was filled, checked once per walk, not
 # per leaf, and the cache is dropped when it moved.
 _CACHE: dict[type, ContainerSpec | None] = {}
+_MISSING: Final = object()
+# Arrays and tensors are leaves, whatever is registered: the walk starts without a lookup.
+_LEAF_TYPES: Final = frozenset({np.ndarray, torch.Tensor, torch.nn.Parameter})
 _TOKEN: list[tuple[int, int, int]] = [registries_token()]
 
 
@@ -107,6 +114,13 @@ def register_container(
     if not callable(flatten) or not callable(unflatten):
         raise UnsupportedError(
             "register_container", "flatten", "flatten and unflatten must be callables", "Pass two functions"
+        )
+    if issubclass(cls, (np.ndarray, np.generic, torch.Tensor)):
+        raise UnsupportedError(
+            "register_container",
+            "cls",
+            f"{cls.__qualname__} is an array type: its instances are leaves",
+            "Register a container type",
         )
     if key_style not in ("item", "index", "attr"):
         raise UnsupportedError(
@@ -167,30 +181,81 @@ def map_leaves(fn: Callable[[Any, Path], Any], data: Any) -> Any:
             apart or rebuilt, or is registered in a way that cannot be walked.
         UnsupportedError: (a TypeError) for objects that hold tensors but are not data
             (a ``torch.nn.Module``).
+
+    Example:
+        >>> map_leaves(lambda x, path: x * 2, {"a": [1, (2, 3)]})
+        {'a': [2, (4, 6)]}
     """
+    if type(data) in _LEAF_TYPES:  # never containers (register_container refuses them)
+        return fn(data, ROOT)
+    return _walk(data, fn, None, None)
+
+
+#: ``node(original, spec, keys, aux, results, path)``: what a container becomes, after its children.
+Node = Callable[[Any, ContainerSpec, Sequence[Hashable], Any, list[Any], Path], Any]
+#: ``enter(obj, spec, path, depth)``: called before a container is taken apart; False leaves it unwalked.
+Enter = Callable[[Any, ContainerSpec, Path, int], bool]
+
+
+def fold(
+    data: Any,
+    leaf: Callable[[Any, Path, int], Any],
+    node: Node,
+    *,
+    enter: Enter | None = None,
+) -> Any:
+    """The general walk, of which :func:`map_leaves` is the rebuilding case.
+
+    Every container is seen by ``enter`` (depth 0 for ``data`` itself), before it is taken
+    apart: it may raise to stop the walk (a budget, a refusal) or return False to have the
+    container handed to ``leaf`` as a value. Each value that is not a walked container goes to
+    ``leaf(value, path, depth)``. After its children, each container (empty ones included)
+    becomes ``node(original, spec, keys, aux, results, path)``. Order, cycle detection and error
+    wrapping are those of :func:`map_leaves`.
+
+    Example:
+        >>> count = fold([1, [2, {}]], lambda v, p, d: 1, lambda o, s, k, a, r, p: sum(r))
+        >>> count
+        2
+    """
+    return _walk(data, leaf, node, enter)
+
+
+def _walk(data: Any, fn: Callable[..., Any], node: Node | None, enter: Enter | None) -> Any:
+    """The one loop: ``node`` None rebuilds with each spec's ``unflatten`` and calls ``fn(value, path)``."""
     token = registries_token()
     if token != _TOKEN[0]:  # a registration since the last walk: forget the answers
         _CACHE.clear()
         _TOKEN[0] = token
+    general = node is not None
     spec = spec_for(type(data))
-    if spec is None:
-        return fn(data, ROOT)
+    if spec is None or (enter is not None and not enter(data, spec, ROOT, 0)):
+        return fn(data, ROOT, 0) if general else fn(data, ROOT)
+    cached = _CACHE.get
     # An explicit stack instead of recursion: each frame is
-    # [spec, original, children, keys, next index, converted children, path, id].
+    # [spec, original, children, keys, next index, converted children, path, aux].
     kids, keys, aux = _flatten(spec, data, ROOT)
     frame: list[Any] = [spec, data, kids, keys, 0, [], ROOT, aux]
     stack: list[list[Any]] = []
     active = {id(data)}
     while True:
         spec, orig, kids, keys, i, out, path, aux = frame
-        if i < len(kids):
-            frame[4] = i + 1
+        style = spec.key_style
+        n = len(kids)
+        depth = len(stack) + 1  # of the children
+        # Leaf children in a tight loop: most children of most containers are leaves.
+        while i < n:
             child = kids[i]
-            child_spec = spec_for(type(child))
-            if child_spec is None:
-                out.append(fn(child, (path, spec.key_style, keys[i])))
-                continue
-            child_path = (path, spec.key_style, keys[i])
+            child_spec = cached(type(child), _MISSING)
+            if child_spec is _MISSING:
+                child_spec = spec_for(type(child))
+            if child_spec is not None and (enter is None or enter(child, child_spec, (path, style, keys[i]), depth)):
+                break
+            out.append(fn(child, (path, style, keys[i]), depth) if general else fn(child, (path, style, keys[i])))
+            i += 1
+        if i < n:
+            frame[4] = i + 1
+            child_path = (path, style, keys[i])
             if id(child) in active:
                 raise StructureError(
                     "container walk",
@@ -200,14 +265,16 @@ def map_leaves(fn: Callable[[Any, Path], Any], data: Any) -> Any:
                 )
             active.add(id(child))
             stack.append(frame)
-            ckids, ckeys, caux = _flatten(child_spec, child, child_path)
+            ckids, ckeys, caux = _flatten(child_spec, child, child_path)  # type: ignore[arg-type]
             frame = [child_spec, child, ckids, ckeys, 0, [], child_path, caux]
             continue
         try:
-            rebuilt = spec.unflatten(orig, aux, out)
+            rebuilt = node(orig, spec, keys, aux, out, path) if general else spec.unflatten(orig, aux, out)  # type: ignore[misc]
         except Refusal as refused:
             raise refused.error("container rebuild", format_path(path), refused.cause, refused.fix) from None
         except Exception as err:
+            if general and isinstance(err, ConversionError):
+                raise  # a fold's own refusal (a budget, a type a file cannot hold)
             by = f" by {spec.origin}" if spec.origin else ""
             raise StructureError(
                 "container rebuild",

@@ -4,12 +4,16 @@ Two leaves of one kind get the same plan, so the plan is made once per kind (see
 ``pipeline.cache``). A key holds the call's options token, the leaf's exact type and dtype,
 and the layout facts the planner reads: for arrays writability, contiguity and, for other
 layouts, each axis's stride sign, whole-element strides and (when a new leaf must own its
-memory) overlap; for tensors the device, layout, grad, conjugate and negative bits.
+memory) overlap; for tensors the device, layout and grad bit.
 
-Contiguous arrays are keyed by their flags alone. Their axes of size 1 may still carry a
-negative or partial stride (``a[::-1]`` on a size-1 axis); ``torch.from_numpy`` refuses those,
-and the pipeline then plans that one leaf in full (see :func:`canonical`), so a cached plan
-never runs on a leaf it was not made for.
+Two facts are left out of the keys because reading them costs more than the conversion of a
+small leaf, and they are rare: a contiguous array's axes of size 1 may carry a negative or
+partial stride (``a[::-1]`` on a size-1 axis), and a tensor may carry a conjugate or negative
+bit (``x.conj().imag``). Such a leaf is *odd* (:func:`odd`): it is never the leaf a cached plan
+is made from, ``explain`` and device calls plan it in full, and a cached plan refuses to run
+on it (``torch.from_numpy``, ``Tensor.numpy()`` and ``Tensor.view(dtype)`` refuse these
+layouts themselves; other plans check first), so the leaf is then planned in full. A cached
+plan never runs on a leaf it was not made for.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from ..options import ToNumpyOptions, ToTensorOptions
 from ..plan.core import may_overlap
 
-__all__ = ["Keyer", "canonical", "keyer_for"]
+__all__ = ["INERT", "Keyer", "keyer_for", "odd"]
 
 Keyer = Callable[[Any, int], Any]
 
@@ -44,10 +48,26 @@ def _axes(a: np.ndarray[Any, Any]) -> tuple[Any, ...]:
     return signs, whole
 
 
-def canonical(a: np.ndarray[Any, Any]) -> bool:
-    """Whether a contiguous array's strides are all non-negative whole elements (what its key assumes)."""
+def _odd_array(a: np.ndarray[Any, Any], key: Any) -> bool:
+    """A contiguous array (keyed by its flags) whose strides are not all non-negative whole elements."""
+    if len(key) != 4:
+        return False
     itemsize = a.dtype.itemsize
-    return all(st >= 0 and st % itemsize == 0 for st in a.strides)
+    return not all(st >= 0 and st % itemsize == 0 for st in a.strides)
+
+
+def _odd_tensor(t: torch.Tensor, key: Any) -> bool:
+    """A tensor with a lazy conjugate or negative bit (``to_numpy`` must resolve them)."""
+    return bool(t.is_conj() or t.is_neg())
+
+
+def _never(x: Any, key: Any) -> bool:
+    return False
+
+
+def odd(keyer: Keyer) -> Callable[[Any, Any], bool]:
+    """For leaves keyed by ``keyer``: the test of a leaf its key does not fully describe."""
+    return _ODD.get(keyer, _never)
 
 
 def _array(a: Any, token: int) -> Any:
@@ -75,24 +95,27 @@ def _scalar(x: Any, token: int) -> Any:
 
 
 def _tensor(t: Any, token: int) -> Any:
-    return (
-        token,
-        type(t),
-        t.dtype,
-        t.device,
-        t.requires_grad,
-        t.layout,
-        t.is_nested,
-        t.is_conj(),
-        t.is_neg(),
-    )
+    if t.is_cpu:
+        return (token, type(t), t.dtype, t.requires_grad, t.layout, t.is_nested)
+    return (token, type(t), t.dtype, t.requires_grad, t.layout, t.is_nested, t.device)
 
 
 def _tensor_owning(t: Any, token: int) -> Any:
     """As :func:`_tensor`, and the facts ``requires_grad=True`` reads: leaf, inference mode, overlap."""
     strided = t.layout == torch.strided and not t.is_nested
     overlap = strided and may_overlap(tuple(t.shape), t.stride(), 1)
-    return (*_tensor(t, token), t.is_leaf, t.is_inference(), overlap)
+    return (*_tensor(t, token), t.device, t.is_leaf, t.is_inference(), overlap)
+
+
+def _tensor_to_numpy(t: Any, token: int) -> Any:
+    return _tensor(t, token)
+
+
+_ODD: Final[dict[Keyer, Callable[[Any, Any], bool]]] = {
+    _array: _odd_array,
+    _array_owning: _odd_array,
+    _tensor_to_numpy: _odd_tensor,
+}
 
 
 # Types that are never leaves: walked past at the cost of one set lookup.
@@ -113,5 +136,7 @@ def keyer_for(cls: type, opts: ToTensorOptions | ToNumpyOptions) -> Keyer | None
     if issubclass(cls, np.generic):
         return None if issubclass(cls, (np.str_, np.bytes_)) else _scalar
     if issubclass(cls, torch.Tensor):
+        if isinstance(opts, ToNumpyOptions):
+            return _tensor_to_numpy
         return _tensor_owning if owning else _tensor
     return None

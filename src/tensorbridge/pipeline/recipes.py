@@ -24,7 +24,7 @@ from ..dtypes import DtypeRow
 from ..plan.core import Plan, Step
 from ..plan.transfer import Transfer, route_transfer, with_transfer
 
-__all__ = ["Recipe", "bind", "recipe_for", "transfer_for"]
+__all__ = ["OddLeaf", "Recipe", "bind", "recipe_for", "transfer_for"]
 
 Run = Callable[[Any], Any]
 
@@ -40,6 +40,8 @@ class Recipe:
         after: runs the steps after the device copy; takes (value, original leaf).
         cut: index of the device-copy step, or -1.
         compacted: the copy moves a broadcast's distinct values only.
+        inline: runs the whole recipe on a leaf of the kind, or raises when the leaf is odd
+            (see ``pipeline.kinds``); None when the recipe has a device copy or is the leaf's own.
     """
 
     plan: Plan
@@ -48,6 +50,7 @@ class Recipe:
     after: Callable[[Any, Any], Any]
     cut: int = -1
     compacted: bool = False
+    inline: Run | None = None
 
     @property
     def error(self) -> Any:
@@ -106,8 +109,16 @@ def _chain(steps: tuple[Step, ...], path: str) -> Callable[[Any, Any], Any]:
     return run_expanding
 
 
-def recipe_for(plan: Plan, leaf: Any, own: bool) -> Recipe:
-    """Make ``plan`` (made for ``leaf``) ready to run on every leaf of its kind."""
+class OddLeaf(Exception):
+    """A leaf of the kind that its kind's recipe does not fit: it is planned in full."""
+
+
+def recipe_for(plan: Plan, leaf: Any, own: bool, odd: Callable[[Any], bool] | None = None) -> Recipe:
+    """Make ``plan`` (made for ``leaf``) ready to run on every leaf of its kind.
+
+    ``odd`` tells a leaf of the kind that the recipe does not fit; the fused step lists need
+    no such check (torch refuses those leaves itself), the others check first.
+    """
     steps = plan.steps
     own = own or plan.error is not None or any(s.kind in ("adopt", "adopt_copy") for s in steps)
     cut = next((i for i, s in enumerate(steps) if s.kind in ("to_device", "to_host")), -1)
@@ -118,7 +129,18 @@ def recipe_for(plan: Plan, leaf: Any, own: bool) -> Recipe:
     before: Run = fused if fused is not None else (lambda x: chain(x, x))
     after = _chain(tail, plan.path) if tail else _same_after
     compacted = any(s.kind == "compact" for s in head)
-    return Recipe(plan, own, before, after, cut, compacted)
+    inline: Run | None = None
+    if not own and cut < 0:
+        if fused is not None or odd is None:
+            inline = before
+        else:
+
+            def inline(x: Any) -> Any:
+                if odd(x):
+                    raise OddLeaf
+                return chain(x, x)
+
+    return Recipe(plan, own, before, after, cut, compacted, inline)
 
 
 def _moved_elements(leaf: Any, compacted: bool) -> int:

@@ -24,7 +24,7 @@ from ..plan.core import Plan
 from ..plan.transfer import Transfer, assign_transfers
 from ..tree import Path, format_path, iter_leaves, map_leaves
 from . import cache
-from .kinds import INERT, canonical, keyer_for
+from .kinds import INERT, Keyer, keyer_for, odd
 from .recipes import Recipe, bind, recipe_for, transfer_for
 
 __all__ = ["convert", "explain_plans", "prepare"]
@@ -62,12 +62,12 @@ def _plan(x: Any, opts: Options, path: str) -> Plan:
     return plan_leaf_to_tensor(x, opts, path)
 
 
-def _made(x: Any, key: Any, opts: Options, path: Path) -> Recipe:
-    """Plan the first leaf of a kind and remember its recipe (unless it holds for this leaf only)."""
+def _made(x: Any, key: Any, keyer: Keyer, opts: Options, path: Path) -> Recipe:
+    """Plan the first leaf of a kind and remember its recipe (unless the leaf is odd: its own plan)."""
     plan = _plan(x, opts, format_path(path))
-    # A contiguous array's key assumes canonical strides; an odd one gets its own plan.
-    odd = len(key) == 4 and hasattr(x, "strides") and not canonical(x)
-    recipe = recipe_for(plan, x, own=odd)
+    is_odd = odd(keyer)
+    own = is_odd(x, key)
+    recipe = recipe_for(plan, x, own=own, odd=lambda v: is_odd(v, key))
     if recipe.own:
         cache.counted()
     else:
@@ -94,14 +94,14 @@ def find(x: Any, opts: Options, path: Path, keyers: dict[type, Any] | None = Non
     key = keyer(x, opts.token)
     recipe: Recipe | None = cache.lookup(key)
     if recipe is None:
-        return _made(x, key, opts, path)
-    if len(key) == 4 and recipe.cut >= 0 and not canonical(x):
-        return _own(x, opts, path)  # see kinds.canonical; checked here where routes are decided
+        return _made(x, key, keyer, opts, path)
+    if odd(keyer)(x, key):
+        return _own(x, opts, path)  # what the conversion does with an odd leaf: see pipeline.kinds
     return recipe
 
 
 def _by_plan(x: Any, opts: Options, path: Path) -> Any:
-    """Plan this one leaf in full and run it: its errors name its path, odd layouts get their own plan."""
+    """Plan this one leaf in full and run it: its errors name its path, odd leaves get their own plan."""
     return run_plan(x, _plan(x, opts, format_path(path)))
 
 
@@ -123,17 +123,32 @@ def _inline(opts: Options) -> Callable[[Any, Path], Any]:
                 return x
         else:
             key = keyer(x, token)
-            recipe = lookup(key) or _made(x, key, opts, path)
+            recipe = lookup(key) or _made(x, key, keyer, opts, path)
+        run = recipe.inline
+        if run is not None:
+            try:
+                return run(x)
+            except Exception:  # an odd leaf, or an error: planned in full, so errors name the path
+                return _by_plan(x, opts, path)
         if recipe.cut >= 0:
             raise _Moving
-        if recipe.own:
-            return run_plan(x, recipe.plan)
-        try:
-            return recipe.before(x)
-        except Exception:  # an odd layout its kind's plan does not fit, or an error: planned in full
-            return _by_plan(x, opts, path)
+        return run_plan(x, recipe.plan)
 
     return leaf
+
+
+_LEAF_FNS: dict[int, Callable[[Any, Path], Any]] = {}  # options token -> its leaf function
+
+
+def _leaf_fn(opts: Options) -> Callable[[Any, Path], Any]:
+    fn = _LEAF_FNS.get(opts.token) if opts.token >= 0 else None
+    if fn is None:
+        fn = _inline(opts)
+        if opts.token >= 0:
+            if len(_LEAF_FNS) > 1024:
+                _LEAF_FNS.clear()
+            _LEAF_FNS[opts.token] = fn
+    return fn
 
 
 def convert(data: Any, opts: Options) -> Any:
@@ -143,7 +158,7 @@ def convert(data: Any, opts: Options) -> Any:
         if opts.device is not None and opts.device.type != "cpu":
             return _together(data, opts)
     try:
-        return map_leaves(_inline(opts), data)
+        return map_leaves(_leaf_fn(opts), data)
     except _Moving:
         return _together(data, opts)
 
