@@ -25,18 +25,15 @@ from .errors import (
 from .interop.nested import nested_tensor
 from .interop.quantized import QuantizedArray
 from .io.files import TensorFile, load, save
+from .io.files import open as open  # re-exported, but not in __all__: a star import keeps the builtin open
 from .pipeline import PlanCacheInfo, configure_plan_cache
 from .pipeline import cache_info as plan_cache_info
-from .io.files import open as open  # re-exported, but not in __all__: a star import keeps the builtin open
 from .transfers import PoolStats, TransferConfig, configure_transfers, release_pinned, transfer_stats
 from .tree import register_container, register_optree_namespace
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PlanCacheInfo",
-    "configure_plan_cache",
-    "plan_cache_info",
     "ROWS",
     "ConversionError",
     "CopyRefusedError",
@@ -44,6 +41,7 @@ __all__ = [
     "Explanation",
     "FileFormatError",
     "OutOfMemoryError",
+    "PlanCacheInfo",
     "PoolStats",
     "QuantizedArray",
     "StructureError",
@@ -52,11 +50,13 @@ __all__ = [
     "UnsupportedError",
     "ValueRangeError",
     "__version__",
+    "configure_plan_cache",
     "configure_transfers",
     "explain",
     "load",
     "nested_tensor",
     "numpy_dtype",
+    "plan_cache_info",
     "register_container",
     "register_optree_namespace",
     "release_pinned",

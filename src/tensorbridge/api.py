@@ -149,9 +149,7 @@ def to_tensor(
         >>> batch["rgb"][0, 0].tolist(), batch["id"]
         ([2, 1, 0], 7)
     """
-    opts = tensor_options(
-        dtype, device, copy, requires_grad, pin_memory, non_blocking, dense, na_value, datetime_unit
-    )
+    opts = tensor_options(dtype, device, copy, requires_grad, pin_memory, non_blocking, dense, na_value, datetime_unit)
     return convert(data, opts)
 
 

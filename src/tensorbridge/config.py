@@ -58,7 +58,7 @@ class TransferConfig:
             ("pinned_cap_bytes", self.pinned_cap_bytes >= c, f">= chunk_bytes ({c}), to hold one chunk"),
             ("threads", self.threads >= 1, ">= 1"),
             ("small_max_bytes", self.small_max_bytes >= 0, ">= 0"),
-            ("pack_min_leaves", self.pack_min_leaves >= 2, ">= 2"),
+            ("pack_min_leaves", self.pack_min_leaves >= 1, ">= 1"),
         ]
         for name, ok, rule in checks:
             if not ok:

@@ -48,6 +48,11 @@ class DtypeRow:
     carrier: np.dtype[Any] | None = None
     exact: bool = True
 
+    @property
+    def torch_carrier(self) -> torch.dtype | None:
+        """The torch integer type matching ``carrier`` (same size), or None."""
+        return None if self.carrier is None else TORCH_BITS[self.carrier.itemsize]
+
 
 # (canonical name, torch attribute, NumPy or ml_dtypes attribute, source of the NumPy type, exact)
 _SPEC: Final = (
@@ -75,7 +80,24 @@ _SPEC: Final = (
     ("complex32", "complex32", "complex64", "numpy", False),
 )
 
-_CARRIERS: Final[dict[int, np.dtype[Any]]] = {1: np.dtype(np.uint8), 2: np.dtype(np.int16)}
+#: Same-size integers, the one "itemsize -> integer dtype" rule: bits are carried, gathered
+#: and packed as these, never reinterpreted as values.
+TORCH_BITS: Final[dict[int, torch.dtype]] = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+NUMPY_BITS: Final[dict[int, np.dtype[Any]]] = {
+    n: np.dtype(f"i{n}") if n > 1 else np.dtype(np.uint8) for n in TORCH_BITS
+}
+_CARRIERS: Final = {n: NUMPY_BITS[n] for n in (1, 2)}
+
+
+def torch_bits(dtype: torch.dtype) -> torch.dtype:
+    """The same-size integer type ``dtype``'s bits travel as (complex128 as int64 pairs is the caller's).
+
+    Example:
+        >>> import torch
+        >>> torch_bits(torch.bfloat16)
+        torch.int16
+    """
+    return TORCH_BITS[dtype.itemsize]
 
 
 def _build_rows() -> tuple[DtypeRow, ...]:

@@ -15,6 +15,7 @@ from typing import Any, Final, TypeVar
 import numpy as np
 import torch
 
+from .dtype_map import leaf_dtype
 from .errors import ConversionError, CopyRefusedError, OutOfMemoryError, UnsupportedError
 from .interop import adapter_for
 from .interop.base import Adopted, Adoption
@@ -28,7 +29,6 @@ from .plan import (
     plan_to_numpy,
     plan_to_tensor,
 )
-from .dtype_map import leaf_dtype
 from .plan.core import Deferred, Step, Then
 
 __all__ = ["describe_leaf", "is_leaf", "plan_leaf_to_numpy", "plan_leaf_to_tensor"]
@@ -130,7 +130,9 @@ def _adopted_plan(
         step = Step(got.kind, got.why, Deferred(_guarded(x, path, got.run)))
         if got.done:
             return Plan(path, lambda: (source, "its own result"), (step,))
-        follow = Step("then", "what it hands over is planned when it arrives", Then(lambda v: then(v, then_copy), then_copy))
+        follow = Step(
+            "then", "what it hands over is planned when it arrives", Then(lambda v: then(v, then_copy), then_copy)
+        )
         return Plan(path, lambda: (source, "planned when the data arrives"), (step, follow))
     if got.done:
         return Plan(path, lambda: (source, describe_leaf(got.value)), (got.step,))

@@ -10,7 +10,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import torch
 
-from ..dtypes import DtypeRow
+from ..dtypes import DtypeRow, torch_bits
 from ..errors import ConversionError, DeviceError, OutOfMemoryError, UnsupportedError
 from ..plan import Plan, Step
 from ..plan.core import Deferred, may_overlap
@@ -86,14 +86,11 @@ def _flip_copy(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
     return out
 
 
-_BITS: Final = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
 def _bits(t: torch.Tensor) -> torch.Tensor:
     """The same memory as integers of the same size (complex128 as pairs of int64)."""
     if t.element_size() == 16:
         return torch.view_as_real(t).view(torch.int64)
-    return t.view(_BITS[t.element_size()])
+    return t.view(torch_bits(t.dtype))
 
 
 def _share_readonly(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
@@ -147,7 +144,7 @@ def _resolve_neg(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
 def _to_numpy(t: torch.Tensor, step: Step, path: str) -> np.ndarray[Any, Any]:
     row: DtypeRow = step.arg
     if row.carrier is not None:
-        return t.view(torch.int16 if row.carrier.itemsize == 2 else torch.uint8).numpy().view(row.numpy)
+        return t.view(row.torch_carrier).numpy().view(row.numpy)
     return t.numpy()
 
 

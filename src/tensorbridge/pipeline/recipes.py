@@ -54,6 +54,7 @@ class Recipe:
 
     @property
     def error(self) -> Any:
+        """The error converting a leaf of this kind raises, if any."""
         return self.plan.error
 
 
@@ -81,7 +82,7 @@ def _fused(steps: tuple[Step, ...]) -> Run | None:
         detach = kinds[0] == "detach"
         if row.carrier is None:
             return (lambda t: t.detach().numpy()) if detach else torch.Tensor.numpy
-        bits = torch.int16 if row.carrier.itemsize == 2 else torch.uint8
+        bits = row.torch_carrier
         np_dtype = row.numpy
         if detach:
             return lambda t: t.detach().view(bits).numpy().view(np_dtype)

@@ -163,9 +163,7 @@ def convert(data: Any, opts: Options) -> Any:
         return _together(data, opts)
 
 
-def prepare(
-    data: Any, opts: Options
-) -> tuple[list[tuple[Path, Any]], list[Recipe | None], list[Transfer | None]]:
+def prepare(data: Any, opts: Options) -> tuple[list[tuple[Path, Any]], list[Recipe | None], list[Transfer | None]]:
     """Every leaf of ``data``, its recipe, and its device copy routed with the call's others."""
     cache.validate()
     leaves = iter_leaves(data, is_leaf)
@@ -191,7 +189,11 @@ def _together(data: Any, opts: Options) -> Any:
         label = format_path(leaves[moving[0]][0])
         if len(moving) > 1:
             packed = all(items[k][1].route == "packed" for k in range(len(items)))  # type: ignore[union-attr]
-            label = f"data ({len(moving)} leaves packed together)" if packed else f"{label} and {len(moving) - 1} more leaves"
+            label = (
+                f"data ({len(moving)} leaves packed together)"
+                if packed
+                else f"{label} and {len(moving) - 1} more leaves"
+            )
         with device_errors(label, sum(tr.nbytes for _, tr in items), first.source, first.device):  # type: ignore[union-attr]
             moved = move(items, opts.non_blocking)  # type: ignore[arg-type]
         for n, out in zip(moving, moved, strict=True):

@@ -14,8 +14,6 @@ from .core import (
     ToTensorOptions,
     describe_array,
     describe_tensor,
-    normalize_to_numpy,
-    normalize_to_tensor,
 )
 from .to_numpy import plan_to_numpy
 from .to_tensor import plan_tensor_to_tensor, plan_to_tensor
@@ -28,8 +26,6 @@ __all__ = [
     "ToTensorOptions",
     "describe_array",
     "describe_tensor",
-    "normalize_to_numpy",
-    "normalize_to_tensor",
     "plan_tensor_to_tensor",
     "plan_to_numpy",
     "plan_to_tensor",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Final, Literal
@@ -18,19 +18,17 @@ from ..options import (
     ToNumpyOptions,
     ToTensorOptions,
     normalize_interop,
-    normalize_to_numpy,
-    normalize_to_tensor,
 )
 
 __all__ = [
     "COPYING",
     "DEFAULT_INTEROP",
-    "Deferred",
-    "Then",
     "NO_VALUE",
+    "Deferred",
     "InteropOptions",
     "Plan",
     "Step",
+    "Then",
     "ToNumpyOptions",
     "ToTensorOptions",
     "describe_array",

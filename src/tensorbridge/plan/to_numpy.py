@@ -95,9 +95,7 @@ def _steps_tensor_to_numpy(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> 
         wire = row.torch if before else t.dtype
         if before:
             steps += casts
-        steps.append(
-            transfer_step("to_host", t.device, torch.device("cpu"), t.numel() * wire.itemsize, wire)
-        )
+        steps.append(transfer_step("to_host", t.device, torch.device("cpu"), t.numel() * wire.itemsize, wire))
         if not before:
             steps += casts
     else:

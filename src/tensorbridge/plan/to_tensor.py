@@ -181,7 +181,14 @@ def _steps_to_tensor(
     wire = target if cast is not None and not cast_after else row.torch
     shared = not any(s.kind in COPYING for s in steps) and steps[-1].kind in ("share", "share_readonly")
     steps += device_steps(
-        opts, cpu, device, path, nbytes=arr.size * wire.itemsize, dtype=wire, host_check=is_pinned_array if shared else None, host=arr
+        opts,
+        cpu,
+        device,
+        path,
+        nbytes=arr.size * wire.itemsize,
+        dtype=wire,
+        host_check=is_pinned_array if shared else None,
+        host=arr,
     )
     if cast is not None and cast_after:
         steps.append(cast)

@@ -26,6 +26,7 @@ import torch
 
 from ..config import TransferConfig, current
 from ..devices import backend_for
+from ..dtypes import torch_bits
 from ..errors import DeviceError
 from .core import Plan, Step, ToTensorOptions
 
@@ -34,19 +35,19 @@ __all__ = [
     "Transfer",
     "assign_routes",
     "assign_transfers",
-    "is_small",
-    "transfer_of",
-    "with_transfer",
     "device_steps",
     "format_bytes",
+    "is_small",
     "needs_device",
     "pack_groups",
     "pack_layout",
     "resolve_device",
     "route_for",
     "route_transfer",
+    "transfer_of",
     "transfer_step",
     "wire_dtype",
+    "with_transfer",
 ]
 
 Route = Literal["direct", "pinned", "staged", "packed", "small"]
@@ -55,14 +56,13 @@ Direction = Literal["h2d", "d2h", "d2d"]
 # aligned for its size on both sides, and vectorized device kernels get aligned pointers.
 PACK_ALIGN: Final = 64
 TRANSFER_STEPS: Final = frozenset({"to_device", "to_host"})
+
+
 # Bytes travel as integers of the element's size: every kernel the engine needs (cat, copy)
 # exists for these, and the bits are untouched.
-_WIRE: Final = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.complex128}
-
-
 def wire_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The same-size type ``dtype``'s bits travel as (``bfloat16`` -> ``int16``)."""
-    return _WIRE[dtype.itemsize]
+    """The same-size type ``dtype``'s bits travel as (``bfloat16`` -> ``int16``; 16 bytes as complex128)."""
+    return torch.complex128 if dtype.itemsize == 16 else torch_bits(dtype)
 
 
 @dataclass(frozen=True)
