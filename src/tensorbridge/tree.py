@@ -170,11 +170,18 @@ def format_path(path: Path, root: str = "data") -> str:
     return root + "".join(reversed(parts))
 
 
-def map_leaves(fn: Callable[[Any, Path], Any], data: Any) -> Any:
+#: ``runs(children, keys, start, stop, path, style)``: the results of ``children[start:stop]``, all leaves.
+Runs = Callable[[Sequence[Any], Sequence[Hashable], int, int, Path, str], list[Any]]
+
+
+def map_leaves(fn: Callable[[Any, Path], Any], data: Any, runs: Runs | None = None) -> Any:
     """Apply ``fn(value, path)`` to every non-container value and rebuild the containers around the results.
 
     ``fn`` sees every value that is not a registered container (arrays, but also None, str,
     numbers...) and returns what takes its place; it passes through what it does not convert.
+    ``runs``, if given, takes each run of consecutive leaf children of one container at once
+    (their paths are ``(path, style, keys[i])``), saving a call per leaf; it must return what
+    ``fn`` would, in order.
 
     Raises:
         StructureError: (a ValueError) when a container contains itself, cannot be taken
@@ -188,7 +195,7 @@ def map_leaves(fn: Callable[[Any, Path], Any], data: Any) -> Any:
     """
     if type(data) in _LEAF_TYPES:  # never containers (register_container refuses them)
         return fn(data, ROOT)
-    return _walk(data, fn, None, None)
+    return _walk(data, fn, None, None, runs)
 
 
 #: ``node(original, spec, keys, aux, results, path)``: what a container becomes, after its children.
@@ -218,10 +225,10 @@ def fold(
         >>> count
         2
     """
-    return _walk(data, leaf, node, enter)
+    return _walk(data, leaf, node, enter, None)
 
 
-def _walk(data: Any, fn: Callable[..., Any], node: Node | None, enter: Enter | None) -> Any:
+def _walk(data: Any, fn: Callable[..., Any], node: Node | None, enter: Enter | None, runs: Runs | None) -> Any:
     """The one loop: ``node`` None rebuilds with each spec's ``unflatten`` and calls ``fn(value, path)``."""
     token = registries_token()
     if token != _TOKEN[0]:  # a registration since the last walk: forget the answers
@@ -244,6 +251,19 @@ def _walk(data: Any, fn: Callable[..., Any], node: Node | None, enter: Enter | N
         n = len(kids)
         depth = len(stack) + 1  # of the children
         # Leaf children in a tight loop: most children of most containers are leaves.
+        if runs is not None:
+            j = i
+            while j < n:
+                child = kids[j]
+                child_spec = cached(type(child), _MISSING)
+                if child_spec is _MISSING:
+                    child_spec = spec_for(type(child))
+                if child_spec is not None:
+                    break
+                j += 1
+            if j > i:
+                out.extend(runs(kids, keys, i, j, path, style))
+                i = j
         while i < n:
             child = kids[i]
             child_spec = cached(type(child), _MISSING)

@@ -102,6 +102,12 @@ def _flatten_mapping(m: Mapping[Any, Any]) -> tuple[list[Any], list[Any], list[A
     return [v for _, v in pairs], keys, keys
 
 
+def _flatten_dict(d: dict[Any, Any]) -> tuple[list[Any], list[Any], list[Any]]:
+    # An exact dict's keys() and values() are in one order (it cannot override them).
+    keys = list(d)
+    return list(d.values()), keys, keys
+
+
 def _unflatten_dict(orig: Any, keys: list[Any], kids: list[Any]) -> Any:
     return dict(zip(keys, kids, strict=True))
 
@@ -309,7 +315,7 @@ def _unflatten_namespace(orig: Any, names: list[str], kids: list[Any]) -> Any:
 
 # --- the rules -----------------------------------------------------------------------------
 
-dict_spec: Final = ContainerSpec(dict, _flatten_mapping, _unflatten_dict, "item")
+dict_spec: Final = ContainerSpec(dict, _flatten_dict, _unflatten_dict, "item")
 list_spec: Final = ContainerSpec(list, _flatten_seq, _unflatten_list, "index")
 tuple_spec: Final = ContainerSpec(tuple, _flatten_seq, _unflatten_tuple, "index")
 # Exact standard types whose constructor rebuilds them faithfully (OrderedDict's attributes,

@@ -86,9 +86,9 @@ class Adapter(Protocol):
         ...
 
     def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adoption | Adopted:
-        """Plan adopting ``obj`` for ``to_tensor`` (metadata only); raise a ConversionError naming ``path`` if it cannot."""
+        """Plan adopting ``obj`` for ``to_tensor`` from metadata; raise a ConversionError naming ``path``."""
         ...
 
     def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adoption | Adopted:
-        """Plan adopting ``obj`` for ``to_numpy`` (metadata only); raise a ConversionError naming ``path`` if it cannot."""
+        """Plan adopting ``obj`` for ``to_numpy`` from metadata; raise a ConversionError naming ``path``."""
         ...

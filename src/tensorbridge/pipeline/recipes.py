@@ -66,11 +66,24 @@ def _same_after(x: Any, leaf: Any) -> Any:
     return x
 
 
-def _fused(steps: tuple[Step, ...]) -> Run | None:
-    """The step lists almost every leaf has, as one call each (the executors' very calls)."""
+def _fused(steps: tuple[Step, ...], leaf: Any) -> Run | None:
+    """The step lists almost every leaf has, as one call each (the executors' calls, fused)."""
     kinds = tuple(s.kind for s in steps)
     if kinds == ():
         return _same
+    if (
+        kinds == ("numpy_copy", "share")
+        and type(leaf) is np.ndarray
+        and (leaf.flags.c_contiguous or leaf.flags.f_contiguous)
+    ):
+        # A contiguous array's copy keeps its axis order ("K"): _numpy_copy's choice for any
+        # layout without overlap. Byte order becomes native.
+        native = leaf.dtype.newbyteorder("=")
+        row = steps[1].arg
+        if row.carrier is None:
+            return lambda a: torch.from_numpy(a.astype(native, order="K"))
+        carrier, tdt = row.carrier, row.torch
+        return lambda a: torch.from_numpy(a.astype(native, order="K").view(carrier)).view(tdt)
     if kinds == ("share",):
         row: DtypeRow = steps[0].arg
         if row.carrier is None:
@@ -125,7 +138,7 @@ def recipe_for(plan: Plan, leaf: Any, own: bool, odd: Callable[[Any], bool] | No
     cut = next((i for i, s in enumerate(steps) if s.kind in ("to_device", "to_host")), -1)
     head = steps if cut < 0 else steps[:cut]
     tail = () if cut < 0 else steps[cut + 1 :]
-    fused = _fused(head) if not own else None
+    fused = _fused(head, leaf) if not own else None
     chain = _chain(head, plan.path)
     before: Run = fused if fused is not None else (lambda x: chain(x, x))
     after = _chain(tail, plan.path) if tail else _same_after

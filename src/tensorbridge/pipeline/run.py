@@ -38,7 +38,6 @@ class _Moving(Exception):
 
 _PASS: Final = object()  # a type that never converts
 _BY_HAND: Final = object()  # a type whose leaves are planned one by one
-_MISSING: Final = object()
 # Per kind of options (to_numpy, to_tensor, to_tensor owning its memory): exact type -> keyer.
 _KEYERS: Final[tuple[dict[type, Any], dict[type, Any], dict[type, Any]]] = ({}, {}, {})
 
@@ -84,14 +83,15 @@ def find(x: Any, opts: Options, path: Path, keyers: dict[type, Any] | None = Non
     """The recipe for leaf ``x`` (None: ``x`` passes through unchanged)."""
     keyers = _table(opts) if keyers is None else keyers
     cls = type(x)
-    keyer = keyers.get(cls, _MISSING)
-    if keyer is _MISSING:
-        keyer = keyers[cls] = _classify(cls, opts)
-    if keyer is _PASS:
-        return None
-    if keyer is _BY_HAND or opts.token < 0:
-        return _own(x, opts, path) if is_leaf(x) else None
+    keyer = keyers.get(cls)
+    if keyer is None:
+        found = _classify(cls, opts)
+        keyer = keyers[cls] = _pass if found is _PASS else _by_hand if found is _BY_HAND else found
     key = keyer(x, opts.token)
+    if key is _PASS:
+        return None
+    if key is _BY_HAND or opts.token < 0:
+        return _own(x, opts, path) if is_leaf(x) else None
     recipe: Recipe | None = cache.lookup(key)
     if recipe is None:
         return _made(x, key, keyer, opts, path)
@@ -105,60 +105,109 @@ def _by_plan(x: Any, opts: Options, path: Path) -> Any:
     return run_plan(x, _plan(x, opts, format_path(path)))
 
 
+def _pass(x: Any, token: int) -> Any:
+    return _PASS
+
+
+def _by_hand(x: Any, token: int) -> Any:
+    return _BY_HAND
+
+
 def _inline(opts: Options) -> Callable[[Any, Path], Any]:
+    """The leaf function of the walk: the kind's key, its cached recipe, run; everything else on a miss."""
     keyers = _table(opts)
     token = opts.token
     lookup = cache.lookup
 
-    def leaf(x: Any, path: Path) -> Any:
+    def miss(x: Any, key: Any, keyer: Keyer | None, path: Path) -> Any:
         cls = type(x)
-        keyer = keyers.get(cls, _MISSING)
-        if keyer is _MISSING:
-            keyer = keyers[cls] = _classify(cls, opts)
-        if keyer is _PASS:
-            return x
-        if keyer is _BY_HAND or token < 0:
-            recipe = find(x, opts, path, keyers)
-            if recipe is None:
-                return x
-        else:
+        if keyer is None:  # a type not seen before with these options
+            found = _classify(cls, opts)
+            keyer = keyers[cls] = _pass if found is _PASS else _by_hand if found is _BY_HAND else found
             key = keyer(x, token)
-            recipe = lookup(key) or _made(x, key, keyer, opts, path)
-        run = recipe.inline
-        if run is not None:
+            recipe: Recipe | None = lookup(key)
+            if recipe is not None:
+                return run(x, recipe, path)
+        if key is _PASS:
+            return x
+        if key is _BY_HAND or token < 0:
+            recipe = find(x, opts, path, keyers)
+            return x if recipe is None else run(x, recipe, path)
+        return run(x, _made(x, key, keyer, opts, path), path)
+
+    def run(x: Any, recipe: Recipe, path: Path) -> Any:
+        fn = recipe.inline
+        if fn is not None:
             try:
-                return run(x)
+                return fn(x)
             except Exception:  # an odd leaf, or an error: planned in full, so errors name the path
                 return _by_plan(x, opts, path)
         if recipe.cut >= 0:
             raise _Moving
         return run_plan(x, recipe.plan)
 
+    def leaf(x: Any, path: Path) -> Any:
+        keyer = keyers.get(type(x))
+        if keyer is None:
+            return miss(x, None, None, path)
+        key = keyer(x, token)
+        recipe = lookup(key)
+        if recipe is None:
+            return miss(x, key, keyer, path)
+        fn = recipe.inline
+        if fn is None:
+            return run(x, recipe, path)
+        try:
+            return fn(x)
+        except Exception:  # an odd leaf, or an error: planned in full, so errors name the path
+            return _by_plan(x, opts, path)
+
+    def leaves(kids: Any, keys: Any, start: int, stop: int, path: Path, style: str) -> list[Any]:
+        # leaf() for a run of siblings, without a call or a key path per leaf on the hot path.
+        out = []
+        for k in range(start, stop):
+            x = kids[k]
+            keyer = keyers.get(type(x))
+            if keyer is not None:
+                recipe = lookup(keyer(x, token))
+                if recipe is not None:
+                    fn = recipe.inline
+                    if fn is not None:
+                        try:
+                            out.append(fn(x))
+                            continue
+                        except Exception:  # leaf() below plans it in full
+                            pass
+            out.append(leaf(x, (path, style, keys[k])))
+        return out
+
+    leaf.runs = leaves  # type: ignore[attr-defined]
     return leaf
 
 
-_LEAF_FNS: dict[int, Callable[[Any, Path], Any]] = {}  # options token -> its leaf function
+# Options token -> (its leaf function, whether calls with it may move data to a device).
+_PROFILES: dict[int, tuple[Callable[[Any, Path], Any], bool]] = {}
 
 
-def _leaf_fn(opts: Options) -> Callable[[Any, Path], Any]:
-    fn = _LEAF_FNS.get(opts.token) if opts.token >= 0 else None
-    if fn is None:
-        fn = _inline(opts)
-        if opts.token >= 0:
-            if len(_LEAF_FNS) > 1024:
-                _LEAF_FNS.clear()
-            _LEAF_FNS[opts.token] = fn
-    return fn
+def _profile(opts: Options) -> tuple[Callable[[Any, Path], Any], bool]:
+    devices = isinstance(opts, ToTensorOptions) and (opts.device is not None or opts.pin_memory)
+    profile = (_inline(opts), devices)
+    if opts.token >= 0:
+        if len(_PROFILES) > 1024:
+            _PROFILES.clear()
+        _PROFILES[opts.token] = profile
+    return profile
 
 
 def convert(data: Any, opts: Options) -> Any:
     """Convert every leaf of ``data`` under ``opts``; rebuild the containers around the results."""
-    if isinstance(opts, ToTensorOptions) and (opts.device is not None or opts.pin_memory):
+    leaf, devices = _PROFILES.get(opts.token) or _profile(opts)
+    if devices:
         cache.validate()
-        if opts.device is not None and opts.device.type != "cpu":
+        if opts.device is not None and opts.device.type != "cpu":  # type: ignore[union-attr]
             return _together(data, opts)
     try:
-        return map_leaves(_leaf_fn(opts), data)
+        return map_leaves(leaf, data, leaf.runs)  # type: ignore[attr-defined]
     except _Moving:
         return _together(data, opts)
 
