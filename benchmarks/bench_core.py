@@ -16,12 +16,21 @@ Ratio column, per kind of target:
   * "speed >= X"  : best baseline time / tensorbridge time, printed "0.95x speed of best"
                     (1.0 = as fast as the fastest baseline; > 1 = faster).
 
+Sections: 1-3 small zero-copy calls, 4 large copies into fresh memory, 5-6 per-leaf costs of the
+hard cases (100 leaves of one kind in a dict, tensorbridge against the obvious dict comprehension,
+time reported per leaf; 6 repeats 5 with a no-op ``dtype=``), 7 stacking.
+
+Every tensorbridge result is checked once before it is timed (values, and whether it shares
+memory with its input). A wrong result or an exception is reported as a failing row ("not
+timed: ...") instead of stopping the run.
+
 The exit status is always 0: this is a report. Failing targets are listed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import platform
@@ -32,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import torch
 import torch.utils.data
@@ -91,6 +101,7 @@ class Row:
     kind: str  # "time", "faster" or "speed"
     target: float
     others: dict[str, float] = field(default_factory=dict)  # every baseline's time, for details
+    error: str = ""  # set when tensorbridge's result was wrong or it raised: the row fails, untimed
 
     @property
     def ratio(self) -> float:
@@ -102,10 +113,14 @@ class Row:
     @property
     def passed(self) -> bool:
         """Whether the target is met."""
+        if self.error:
+            return False
         return self.ratio <= self.target if self.kind == "time" else self.ratio >= self.target
 
     def ratio_text(self) -> str:
         """The ratio, with its meaning spelled out."""
+        if self.error:
+            return f"not timed: {self.error}"
         r = self.ratio
         if self.kind == "time":
             return f"{r:.2f}x time of baseline"
@@ -123,6 +138,8 @@ class Row:
 
 
 def fmt_time(s: float) -> str:
+    if s != s:  # NaN: not measured
+        return "n/a"
     if s < 1e-6:
         return f"{s * 1e9:.0f} ns"
     if s < 1e-3:
@@ -387,6 +404,194 @@ def big_cases(rows: list[Row], quick: bool) -> None:
         gc.collect()
 
 
+# --- per-leaf costs of the hard cases ---------------------------------------------------------
+
+N_LEAVES = 100
+
+
+def _bits(x: Any) -> np.ndarray:
+    """A NumPy view of a tensor's memory (bfloat16 seen as uint16), or the array itself."""
+    if isinstance(x, np.ndarray):
+        return x
+    x = x.detach()
+    if x.dtype == torch.bfloat16:
+        x = x.view(torch.uint16)
+    return x.numpy()
+
+
+def _same_leaf(out: Any, ref: Any) -> None:
+    """Assert out has ref's type, dtype, shape and (bit-exact) values."""
+    assert type(out) is type(ref), f"{type(out).__name__}, expected {type(ref).__name__}"
+    assert out.dtype == ref.dtype, f"dtype {out.dtype}, expected {ref.dtype}"
+    assert tuple(out.shape) == tuple(ref.shape), f"shape {tuple(out.shape)}, expected {tuple(ref.shape)}"
+    if isinstance(ref, torch.Tensor):
+        assert torch.equal(out, ref), "values differ"
+    else:
+        assert out.tobytes() == ref.tobytes(), "values differ"
+
+
+def _leaf_check(src: dict[str, Any], ref: dict[str, Any], shares: bool) -> Callable[[Any], None]:
+    """A check: a dict with src's keys whose leaves equal ref's and share memory with src's iff shares."""
+    for k, v in ref.items():  # the hand-written baseline itself must do what the row says
+        assert np.shares_memory(_bits(v), _bits(src[k])) == shares, f"hand-written {k}: shares != {shares}"
+
+    def check(out: Any) -> None:
+        assert isinstance(out, dict), f"{type(out).__name__}, expected dict"
+        assert list(out) == list(src), "keys differ"
+        for k, v in out.items():
+            _same_leaf(v, ref[k])
+            if np.shares_memory(_bits(v), _bits(src[k])) != shares:
+                raise AssertionError(f"{k}: {'copied' if shares else 'shares memory with the input'}")
+
+    return check
+
+
+def _error_text(e: BaseException) -> str:
+    """One short table-safe line for an exception."""
+    lines = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {lines[0] if lines else ''}".replace("|", "/")
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def leaf_case(
+    rows: list[Row],
+    case: str,
+    tb_fn: Callable[[], Any],
+    base_name: str,
+    base_fn: Callable[[], Any],
+    check: Callable[[Any], None],
+    *,
+    rounds: int,
+    min_run_s: float,
+) -> None:
+    """Time tb_fn against base_fn, both converting N_LEAVES leaves, and report the time per leaf."""
+    try:
+        check(tb_fn())
+    except Exception as e:  # report, don't stop: the library may be mid-rewrite
+        t = measure({"base": base_fn}, rounds=rounds, min_run_s=min_run_s)
+        rows.append(Row(case, float("nan"), t["base"] / N_LEAVES, base_name, "time", 1.5, error=_error_text(e)))
+        return
+    t = measure({"tb": tb_fn, "base": base_fn}, rounds=rounds, min_run_s=min_run_s)
+    rows.append(Row(case, t["tb"] / N_LEAVES, t["base"] / N_LEAVES, base_name, "time", 1.5))
+
+
+def _leaf_inputs() -> dict[str, tuple[dict[str, Any], bool]]:
+    """The inputs of rows a-f, each with whether its result shares memory with it (as the hand-written's does)."""
+    rng = np.random.default_rng(10)
+    g = torch.Generator().manual_seed(10)
+    n = N_LEAVES
+    readonly = {f"a{i:02d}": rng.random(4096, dtype=np.float32) for i in range(n)}  # 16 KiB each
+    for a in readonly.values():
+        a.flags.writeable = False
+    return {
+        "a": ({f"layer{i:02d}.weight": torch.nn.Parameter(torch.randn(64, generator=g)) for i in range(n)}, True),
+        "b": ({f"layer{i:02d}.weight": torch.randn(64, generator=g).bfloat16() for i in range(n)}, True),
+        "c": ({f"img{i:02d}": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)[:, :, ::-1] for i in range(n)}, False),
+        "d": (readonly, False),
+        "e": ({f"a{i:02d}": rng.random(4096, dtype=np.float32).astype(">f4") for i in range(n)}, False),
+        "f": ({f"a{i:02d}": rng.random(4096, dtype=np.float32).astype(ml_dtypes.bfloat16) for i in range(n)}, True),
+    }
+
+
+def _dtype_text(dtype: Any) -> str:
+    """How the dtype is written in code: np.float32, ml_dtypes.bfloat16, torch.uint8."""
+    if isinstance(dtype, torch.dtype):
+        return str(dtype)
+    return f"{'np' if dtype.__module__ == 'numpy' else dtype.__module__}.{dtype.__name__}"
+
+
+def leaf_cases(rows: list[Row], quick: bool) -> None:
+    """5a-5g: 100 leaves of one hard kind in a dict vs the obvious dict comprehension; 6a-6f: with a no-op dtype=."""
+    rounds = 7 if quick else 25
+    min_run = 0.005 if quick else 0.02
+    inputs = _leaf_inputs()
+    fn = torch.from_numpy
+    asc = np.ascontiguousarray
+    u16 = np.uint16
+    bf16_np = ml_dtypes.bfloat16
+    # Each: (row letter, the leaves, hand-written text, hand-written function, the leaves' own dtype for 6).
+    specs: list[tuple[str, str, str, Callable[[dict[str, Any]], dict[str, Any]], Any]] = [
+        (
+            "a",
+            "requires-grad Parameter float32 (64,)",
+            "{k: v.detach().numpy()}",
+            lambda d: {k: v.detach().numpy() for k, v in d.items()},
+            np.float32,
+        ),
+        (
+            "b",
+            "bfloat16 tensor (64,)",
+            "{k: v.view(uint16).numpy().view(bfloat16)}",
+            lambda d: {k: v.view(torch.uint16).numpy().view(bf16_np) for k, v in d.items()},
+            bf16_np,
+        ),
+        (
+            "c",
+            "img[:, :, ::-1] uint8 (64,64,3)",
+            "{k: from_numpy(ascontiguousarray(v))}",
+            lambda d: {k: fn(asc(v)) for k, v in d.items()},
+            torch.uint8,
+        ),
+        (
+            "d",
+            "read-only float32 16 KiB",
+            "{k: from_numpy(v.copy())}",
+            lambda d: {k: fn(v.copy()) for k, v in d.items()},
+            torch.float32,
+        ),
+        (
+            "e",
+            ">f4 16 KiB",
+            "{k: from_numpy(v.astype('<f4'))}",
+            lambda d: {k: fn(v.astype("<f4")) for k, v in d.items()},
+            torch.float32,
+        ),
+        (
+            "f",
+            "ml_dtypes bfloat16 16 KiB",
+            "{k: from_numpy(v.view(uint16)).view(torch.bfloat16)}",
+            lambda d: {k: fn(v.view(u16)).view(torch.bfloat16) for k, v in d.items()},
+            torch.bfloat16,
+        ),
+    ]
+    for section in ("5", "6"):
+        for kind, label, base_text, base, own_dtype in specs:
+            d, shares = inputs[kind]
+            convert = tb.to_numpy if kind in "ab" else tb.to_tensor
+            if section == "6":  # dtype= the leaves' own: a no-op option
+                tb_fn = functools.partial(convert, d, dtype=own_dtype)
+                args = f"{label}, dtype={_dtype_text(own_dtype)}"
+            else:
+                tb_fn = functools.partial(convert, d)
+                args = label
+            leaf_case(
+                rows,
+                f"{section}{kind}. {convert.__name__}({args}) x{N_LEAVES} in a dict, per leaf, vs {base_text}",
+                tb_fn,
+                "hand-written",
+                functools.partial(base, d),
+                _leaf_check(d, base(d), shares),
+                rounds=rounds,
+                min_run_s=min_run,
+            )
+        if section == "5":
+            # 5g: plain float32 leaves with a no-op dtype=: the option must cost neither a copy nor much time.
+            rng = np.random.default_rng(11)
+            d = {f"a{i:02d}": rng.random(1024, dtype=np.float32) for i in range(N_LEAVES)}  # 4 KiB each
+            plain = lambda d: {k: fn(v) for k, v in d.items()}  # noqa: E731
+            leaf_case(
+                rows,
+                f"5g. to_tensor(float32 4 KiB, dtype=torch.float32) x{N_LEAVES} in a dict, per leaf, "
+                "vs {k: from_numpy(v)}",
+                functools.partial(tb.to_tensor, d, dtype=torch.float32),
+                "hand-written",
+                functools.partial(plain, d),
+                _leaf_check(d, plain(d), True),
+                rounds=rounds,
+                min_run_s=min_run,
+            )
+
+
 def stack_case(rows: list[Row], quick: bool) -> None:
     n = 100 if quick else 1000
     rng = np.random.default_rng(2)
@@ -400,7 +605,7 @@ def stack_case(rows: list[Row], quick: bool) -> None:
     t_tb = measure({"tb": lambda: tb.stack(items)}, rounds=5 if quick else 15, min_run_s=0.01)["tb"]
     rows.append(
         Row(
-            f"5. stack({n} x float32 (64,64)) vs torch.tensor(list)",
+            f"7. stack({n} x float32 (64,64)) vs torch.tensor(list)",
             min(t["tb"], t_tb),
             t["torch.tensor"],
             "torch.tensor",
@@ -420,6 +625,7 @@ def main() -> int:
     rows: list[Row] = []
     small_cases(rows, args.quick)
     big_cases(rows, args.quick)
+    leaf_cases(rows, args.quick)
     stack_case(rows, args.quick)
     print_table(rows)
     print_details(rows)
