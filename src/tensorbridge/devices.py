@@ -10,12 +10,11 @@ engine on a machine without a GPU.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Final, Protocol
 
 import torch
 
-__all__ = ["Backend", "Event", "backend_for", "checked_device", "install_backend", "remember_device"]
+__all__ = ["Backend", "Event", "backend_for", "backends_version", "install_backend"]
 
 
 class Event(Protocol):
@@ -188,7 +187,6 @@ def install_backend(backend: Backend) -> Backend | None:
     """Replace the backend for ``backend.type``; return the one it replaces (tests use this)."""
     old = _BACKENDS.get(backend.type)
     _BACKENDS[backend.type] = backend
-    _CHECKED.clear()
     _VERSION[0] += 1
     return old
 
@@ -199,25 +197,3 @@ _VERSION: list[int] = [0]
 def backends_version() -> int:
     """A number that changes whenever a backend is installed (plans depend on the backends)."""
     return _VERSION[0]
-
-
-# Device arguments (as the caller spelled them) already checked to exist, with their backend:
-# a lone small array can then skip planning (see api.to_tensor). CUDA lacks no dtype, so the
-# check does not depend on the data.
-_CHECKED: dict[object, tuple[Backend, torch.device]] = {}
-
-
-def checked_device(key: object) -> tuple[Backend, torch.device] | None:
-    """Return the backend and device for a device argument checked before, or None."""
-    try:
-        return _CHECKED.get(key)
-    except TypeError:  # unhashable: never checked
-        return None
-
-
-def remember_device(key: object, device: torch.device) -> None:
-    """Record that the device argument ``key`` (a CUDA device) exists."""
-    backend = _BACKENDS.get(device.type)
-    if backend is not None and device.type == "cuda":
-        with contextlib.suppress(TypeError):  # an unhashable spelling is simply not remembered
-            _CHECKED[key] = (backend, device)
