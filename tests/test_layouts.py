@@ -198,9 +198,10 @@ def test_no_choice_offers_both(make: Any, scheme: str) -> None:
 def test_adapter_called_directly() -> None:
     q = per_tensor(torch.qint8)
     got = ADAPTER.to_numpy(q, np_opts(quantized="int"), "x")
-    assert got.done and got.step.kind == "adopt" and "int8 codes" in got.step.why
+    assert got.done and got.kind == "adopt" and "int8 codes" in got.why
+    assert np.array_equal(got.run().values, q.int_repr().numpy())
     deq = ADAPTER.to_numpy(q, np_opts(quantized="dequantize"), "x")
-    assert deq.step.kind == "adopt_copy"
+    assert deq.kind == "adopt_copy"
     with pytest.raises(tb.UnsupportedError, match=r"^to_numpy at x: quantized tensor"):
         ADAPTER.to_numpy(q, ToNumpyOptions(), "x")
 

@@ -488,10 +488,10 @@ def test_other_scipy_formats_name_the_fix(sp: Any, fmt: str) -> None:
     if fmt == "dok":  # a dict subclass the tree walks first: see test_dok_through_the_api
 
         def to_tensor(x: Any, **kw: Any) -> Any:
-            return {"x": ADAPTER.to_tensor(x["x"], ToTensorOptions(**kw), "data['x']").value}
+            return {"x": ADAPTER.to_tensor(x["x"], ToTensorOptions(**kw), "data['x']").run()}
 
         def to_numpy(x: Any, **kw: Any) -> Any:
-            return ADAPTER.to_numpy(x, ToNumpyOptions(**kw), "data").value
+            return ADAPTER.to_numpy(x, ToNumpyOptions(**kw), "data").run()
 
     with pytest.raises(
         tb.UnsupportedError,
@@ -629,16 +629,14 @@ def test_adapter_direct_calls_report_their_steps(sp: Any) -> None:
     X = make(sp, "bsr", np.complex128)
     X.data[...] = np.arange(X.data.size).reshape(X.data.shape) * (1 - 2j)
     got = ADAPTER.to_tensor(X, ToTensorOptions(), "data")
-    assert got.done and got.step.kind == "adopt" and got.value.layout is torch.sparse_bsr
-    dense = ADAPTER.to_numpy(got.value, ToNumpyOptions(interop=DENSE), "data")
-    assert not dense.done and dense.step.kind == "adopt_copy"
-    assert np.array_equal(tb.to_numpy(dense.value), X.toarray())
+    t = got.run()
+    assert got.done and got.kind == "adopt" and t.layout is torch.sparse_bsr
+    dense = ADAPTER.to_numpy(t, ToNumpyOptions(interop=DENSE), "data")
+    assert not dense.done and dense.kind == "adopt_copy"
+    assert np.array_equal(tb.to_numpy(dense.run()), X.toarray())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert (
-            ADAPTER.to_numpy(got.value, ToNumpyOptions(dtype=np.dtype(np.complex64)), "data").value.dtype
-            == np.complex64
-        )
+        assert ADAPTER.to_numpy(t, ToNumpyOptions(dtype=np.dtype(np.complex64)), "data").run().dtype == np.complex64
 
 
 def test_bfloat16_sparse_tensor_converts_with_a_dtype(sp: Any) -> None:

@@ -2,22 +2,26 @@
 
 They live apart so that the import graph stays one-way: ``sparse.py`` imports both direction
 modules for its adapter, so nothing those modules need can live there.
+
+Each direction plans from metadata (formats, dtypes, shapes, ``nnz``, the parts' strides, flags
+and addresses) into a :class:`_Parts` record, which says what will be shared or copied; the
+conversion then runs, and records what the constructors really did (``confirm``).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import torch
 
 from ..errors import CopyRefusedError, UnsupportedError
 from ..plan.core import describe_tensor
-from .base import Adopted, adopted, finished
+from .base import Adoption
 
 _Array = np.ndarray[Any, Any]
 _LAYOUTS: Final = {"coo": torch.sparse_coo, "csr": torch.sparse_csr, "csc": torch.sparse_csc, "bsr": torch.sparse_bsr}
@@ -64,7 +68,8 @@ class _Parts:
         self.shared.clear()
         self.copy("everything", why)
 
-    def finish(self, value: Any, what: str, path: str, copy: bool | None, source: str) -> Adopted:
+    def refuse(self, what: str, path: str, copy: bool | None) -> None:
+        """Raise if ``copy=False`` and anything is copied."""
         if copy is False and self.copied:
             raise CopyRefusedError(
                 what,
@@ -72,11 +77,24 @@ class _Parts:
                 "copy=False, but the conversion must copy: " + "; ".join(f"{p} ({w})" for p, w in self.copied),
                 "Pass copy=None to allow the copy" + (f", or {self.hint}" if self.hint else ""),
             )
+
+    def why(self) -> str:
         bits = [f"{part} copied ({why})" for part, why in self.copied]
         if self.shared:
             bits.append(", ".join(self.shared) + " shared")
-        bits += self.notes
-        return finished(value, "; ".join(bits), copied=bool(self.copied) and not self.shared, source=source)
+        return "; ".join(bits + self.notes)
+
+    def kind(self) -> Literal["adopt", "adopt_copy"]:
+        return "adopt_copy" if self.copied and not self.shared else "adopt"
+
+    def fork(self) -> _Parts:
+        """A copy of the plan's record, for one run's ``confirm`` to correct."""
+        return _Parts(dict(self.shared), list(self.copied), self.hint, list(self.notes))
+
+    def adoption(self, what: str, path: str, copy: bool | None, source: str, run: Callable[[], Any]) -> Adoption:
+        """The adoption this record plans (refused now if ``copy=False`` and anything is copied)."""
+        self.refuse(what, path, copy)
+        return Adoption(self.kind(), self.why(), run, done=True, source=source)
 
 
 def _address(x: _Array | torch.Tensor) -> int:
@@ -151,7 +169,7 @@ def _dense_tensor(t: torch.Tensor, what: str, path: str) -> torch.Tensor:
     )
 
 
-def _densified(make: Any, copy: bool | None, what: str, path: str, why: str, source: str) -> Adopted:
+def _densified(make: Callable[[], Any], copy: bool | None, what: str, path: str, why: str, source: str) -> Adoption:
     if copy is False:
         raise CopyRefusedError(
             what,
@@ -159,7 +177,12 @@ def _densified(make: Any, copy: bool | None, what: str, path: str, why: str, sou
             "copy=False, but dense=True writes every value, zeros included, into fresh memory",
             "Pass copy=None, or drop dense=True to keep the sparse layout",
         )
-    return adopted(make(), f"densified (dense=True): {why}", copied=True, source=source)
+    return Adoption("adopt_copy", f"densified (dense=True): {why}", make, source=source)
+
+
+def _as_is(value: Any, why: str, source: str) -> Adoption:
+    """The leaf is the result already: handed back as it is (nothing to read)."""
+    return Adoption("adopt", why, lambda: value, done=True, source=source, free=True)
 
 
 def _scipy_dense(X: Any, what: str, path: str) -> _Array:

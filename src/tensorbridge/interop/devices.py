@@ -10,6 +10,10 @@ CUDA array interface, ``torch.as_tensor``. Guards, each a defect of the raw rout
   tensor is a copy unless ``copy=False`` asks to share (writes then undefined).
 
 Host-side producers are not claimed here: NumPy views them (``arrays.py``).
+
+Planning reads only what the producer says about itself (``__dlpack_device__()``, the
+``__cuda_array_interface__`` dict, ``strides``); the import (and JAX's copy) runs with the
+conversion, and its failures are the conversion's.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch.utils.dlpack import from_dlpack
 from ..errors import DeviceError, UnsupportedError
 from ..plan.core import ToNumpyOptions, ToTensorOptions
 from .arrays import _on_host
-from .base import Adopted, adopted
+from .base import Adoption
 
 __all__ = ["ADAPTER"]
 
@@ -41,7 +45,7 @@ def _strides(obj: Any) -> tuple[int, ...] | None:
     return None
 
 
-def _import(obj: Any, path: str, what: str, copy: bool | None) -> Adopted:
+def _import(obj: Any, path: str, what: str, copy: bool | None) -> Adoption:
     kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
     strides = _strides(obj)
     if strides is not None and any(s < 0 for s in strides):
@@ -51,21 +55,27 @@ def _import(obj: Any, path: str, what: str, copy: bool | None) -> Adopted:
             f"{kind} has negative strides {strides}, and torch.from_dlpack aborts the process on those",
             "Make it contiguous on its device first (cupy.ascontiguousarray(x), or x.copy())",
         )
-    try:
-        dlpack = hasattr(type(obj), "__dlpack__")
-        t = from_dlpack(obj) if dlpack else torch.as_tensor(obj)
-    except (RuntimeError, TypeError, AssertionError, BufferError) as err:
-        raise DeviceError(
-            what,
-            path,
-            f"torch could not import {kind} from its device ({err})",
-            "Check that this torch is built for that device (torch.cuda.is_available()), or move the data to the host",
-        ) from err
-    why = f"{kind} through {'DLPack' if hasattr(type(obj), '__dlpack__') else '__cuda_array_interface__'}"
-    if type(obj).__module__.partition(".")[0] in _IMMUTABLE and copy is not False:
-        # A copy on the device: a tensor sharing the memory would let writes reach an immutable array.
-        return adopted(t.clone(), why + ", copied on its device: JAX arrays are immutable", copied=True, source=kind)
-    return adopted(t, why + ": the same device memory, no copy", copied=False, source=kind)
+    dlpack = hasattr(type(obj), "__dlpack__")
+    # A copy on the device: a tensor sharing the memory would let writes reach an immutable array.
+    immutable = type(obj).__module__.partition(".")[0] in _IMMUTABLE and copy is not False
+
+    def run() -> torch.Tensor:
+        try:
+            t = from_dlpack(obj) if dlpack else torch.as_tensor(obj)
+        except (RuntimeError, TypeError, AssertionError, BufferError) as err:
+            raise DeviceError(
+                what,
+                path,
+                f"torch could not import {kind} from its device ({err})",
+                "Check that this torch is built for that device (torch.cuda.is_available()), "
+                "or move the data to the host",
+            ) from err
+        return t.clone() if immutable else t
+
+    why = f"{kind} through {'DLPack' if dlpack else '__cuda_array_interface__'}"
+    if immutable:
+        return Adoption("adopt_copy", why + ", copied on its device: JAX arrays are immutable", run, source=kind)
+    return Adoption("adopt", why + ": the same device memory, no copy", run, source=kind)
 
 
 class _Devices:
@@ -82,10 +92,10 @@ class _Devices:
         except Exception:  # a property that raises: not a device array
             return False
 
-    def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adopted:
+    def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adoption:
         return _import(obj, path, "to_tensor", opts.copy)
 
-    def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adopted:
+    def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adoption:
         # The tensor is a view of the device memory; the planner copies it to the host.
         return _import(obj, path, "to_numpy", False)
 

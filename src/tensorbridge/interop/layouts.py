@@ -14,10 +14,16 @@ their values, and hands the conversions to one module per kind.
 
 Sparse tensors are ``sparse.py``'s; meta tensors keep the planner's error. Nothing here imports
 ``torch.distributed``: DTensor and FakeTensor are recognized through ``sys.modules``.
+
+Planning reads only metadata (dtype, device, layout, qscheme, the number of components); what
+touches values (dequantizing, the codes, casts, ``.to()``, clones, rebuilding) runs with the
+conversion.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import torch
@@ -26,15 +32,17 @@ from ..errors import DeviceError, UnsupportedError
 from ..plan.core import ToNumpyOptions, ToTensorOptions, describe_tensor
 from ..plan.transfer import needs_device, resolve_device
 from ._special import _refuse_copy, _torch_notices_muted
-from .base import Adopted, finished
+from .base import Adoption
 from .detect import is_instance
 from .nested import _nested_to_numpy, _rebuild_nested
 
 # QuantizedArray is imported by name (not through the module): pickles made when it was defined
 # here name it tensorbridge.interop.layouts.QuantizedArray, and still load.
-from .quantized import _CODES, QuantizedArray, _quantized_array_to_numpy, _quantized_to_numpy, _rebuild
+from .quantized import _CODES, _QDTYPES, QuantizedArray, _quantized_array_to_numpy, _quantized_to_numpy, _rebuilder
 
 __all__ = ["ADAPTER"]
+
+_CPU: Final = torch.device("cpu")
 
 
 # --- recognizing ----------------------------------------------------------------------------
@@ -72,55 +80,95 @@ def _refuse_unbacked(t: torch.Tensor, what: str, path: str) -> None:
 # --- to_tensor on special tensors -------------------------------------------------------------
 
 
-def _keep_special(t: torch.Tensor, opts: ToTensorOptions, path: str, *, copied: bool, why: str) -> Adopted:
-    """``to_tensor`` on a quantized or nested tensor: it stays what it is; the options torch can honour apply."""
-    kind = "quantized" if t.is_quantized else "nested"
+@dataclass(frozen=True)
+class _Special:
+    """What planning knows of a quantized or nested tensor: its metadata, and how to get it."""
+
+    quantized: bool
+    dtype: torch.dtype
+    device: torch.device
+    requires_grad: bool
+    source: str
+    get: Callable[[], torch.Tensor]  # the tensor itself, or rebuilt (which runs with the conversion)
+    as_is: bool = True  # ``get`` hands over the input itself
+
+
+def _special(t: torch.Tensor) -> _Special:
+    return _Special(t.is_quantized, t.dtype, t.device, t.requires_grad, describe_tensor(t), lambda: t)
+
+
+def _keep_special(sp: _Special, opts: ToTensorOptions, path: str, *, copied: bool, why: str) -> Adoption:
+    """``to_tensor`` on a quantized or nested tensor: it stays what it is; the options torch can honour apply.
+
+    Decided from the metadata; the casts, moves and copies run with the conversion.
+    """
+    kind = "quantized" if sp.quantized else "nested"
     notes = [why]
-    out = t
-    if opts.dtype is not None and opts.dtype != t.dtype:
-        if t.is_quantized:
+    ops: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    dtype, device, grad = sp.dtype, sp.device, sp.requires_grad
+    if opts.dtype is not None and opts.dtype != dtype:
+        if sp.quantized:
             raise UnsupportedError(
                 "to_tensor",
                 path,
-                f"dtype={opts.dtype} asks to cast a quantized ({t.dtype}) tensor: its codes mean something "
+                f"dtype={opts.dtype} asks to cast a quantized ({dtype}) tensor: its codes mean something "
                 "only with their scale and zero point",
                 "Dequantize first (t.dequantize(), or tb.to_numpy(x, quantized='dequantize')), then cast; "
                 "or drop dtype= to keep it quantized",
             )
         if opts.copy is False:
             _refuse_copy("to_tensor", path, f"casting to {opts.dtype} makes new components")
-        out, copied = _rebuild_nested(out, opts.dtype, path), True
-        notes.append(f"each component cast to {str(opts.dtype).removeprefix('torch.')} (checked)")
+        target = opts.dtype
+        ops.append(lambda x: _rebuild_nested(x, target, path))
+        copied, dtype, grad = True, target, False
+        notes.append(f"each component cast to {str(target).removeprefix('torch.')} (checked)")
     if opts.device is not None:
-        device = resolve_device(opts.device, path, "to_tensor", _CODES.get(out.dtype, out.dtype))
-        if needs_device(device, out.device):
+        to = resolve_device(opts.device, path, "to_tensor", _CODES.get(dtype, dtype))
+        if needs_device(to, device):
             if opts.copy is False:
-                _refuse_copy("to_tensor", path, f"the tensor must be copied from {out.device} to {device}")
-            out = _torch_op(out, lambda x: x.to(device), path, f"moving to {device}", "Convert it on the CPU instead")
-            copied = True
-            notes.append(f"moved to {device} by torch's own .to() (the transfer engine handles plain tensors only)")
-    if opts.pin_memory and out.device.type == "cpu":
+                _refuse_copy("to_tensor", path, f"the tensor must be copied from {device} to {to}")
+            ops.append(
+                lambda x: _torch_op(x, lambda y: y.to(to), path, f"moving to {to}", "Convert it on the CPU instead")
+            )
+            copied, device = True, to
+            notes.append(f"moved to {to} by torch's own .to() (the transfer engine handles plain tensors only)")
+    if opts.pin_memory and device.type == "cpu":
         if opts.copy is False:
             _refuse_copy("to_tensor", path, "pinning copies into page-locked memory")
-        out, copied = (
-            _torch_op(out, lambda x: x.pin_memory(), path, "pinning host memory", "Drop pin_memory=True"),
-            True,
+        ops.append(
+            lambda x: _torch_op(x, lambda y: y.pin_memory(), path, "pinning host memory", "Drop pin_memory=True")
         )
+        copied = True
         notes.append("pinned by torch's own .pin_memory()")
     if opts.copy is True and not copied:
-        out, copied = _torch_op(out, lambda x: x.clone(), path, "copying", "Drop copy=True"), True
+        ops.append(lambda x: _torch_op(x, lambda y: y.clone(), path, "copying", "Drop copy=True"))
+        copied = True
         notes.append("copy=True asks for fresh memory")
-    if opts.requires_grad and not out.requires_grad:
-        if t.is_quantized or not (out.is_floating_point() or out.is_complex()):
+    if opts.requires_grad and not grad:
+        if sp.quantized or not (dtype.is_floating_point or dtype.is_complex):
             raise UnsupportedError(
                 "to_tensor",
                 path,
-                f"requires_grad=True needs a float or complex tensor, not a {kind} {out.dtype} one",
-                "Dequantize first (t.dequantize())" if t.is_quantized else "Pass dtype=torch.float32 as well",
+                f"requires_grad=True needs a float or complex tensor, not a {kind} {dtype} one",
+                "Dequantize first (t.dequantize())" if sp.quantized else "Pass dtype=torch.float32 as well",
             )
-        out = out.detach().requires_grad_(True)
+        ops.append(lambda x: x if x.requires_grad else x.detach().requires_grad_(True))
         notes.append("a new leaf tensor that requires grad")
-    return finished(out, "; ".join(notes), copied=copied, source=describe_tensor(t))
+
+    def run() -> torch.Tensor:
+        out = sp.get()
+        for op in ops:
+            out = op(out)
+        return out
+
+    return Adoption(
+        "adopt_copy" if copied else "adopt",
+        "; ".join(notes),
+        run,
+        done=True,
+        source=sp.source,
+        free=sp.as_is and not ops,
+    )
 
 
 def _torch_op(t: torch.Tensor, op: Any, path: str, doing: str, fix: str) -> torch.Tensor:
@@ -147,17 +195,19 @@ class _Layouts:
             return True
         return not obj.is_meta and (obj.is_quantized or obj.is_nested)
 
-    def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adopted:
+    def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adoption:
         if isinstance(obj, QuantizedArray):
             if opts.copy is False:
                 _refuse_copy("to_tensor", path, "torch copies the codes to rebuild a quantized tensor")
             why = f"the quantized tensor rebuilt from its codes and parameters ({obj.qscheme}), codes copied"
-            return _keep_special(_rebuild(obj, "to_tensor", path), opts, path, copied=True, why=why)
+            get = _rebuilder(obj, "to_tensor", path)  # checks the fields now; torch rebuilds when converting
+            rebuilt = _Special(True, _QDTYPES[obj.dtype], _CPU, False, repr(obj), get, as_is=False)
+            return _keep_special(rebuilt, opts, path, copied=True, why=why)
         _refuse_unbacked(obj, "to_tensor", path)
         why = f"a {'quantized' if obj.is_quantized else 'nested'} tensor stays one: returned as it is"
-        return _keep_special(obj, opts, path, copied=False, why=why)
+        return _keep_special(_special(obj), opts, path, copied=False, why=why)
 
-    def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adopted:
+    def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adoption:
         if isinstance(obj, QuantizedArray):
             return _quantized_array_to_numpy(obj, opts, path)
         _refuse_unbacked(obj, "to_numpy", path)

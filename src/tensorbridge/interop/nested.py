@@ -9,6 +9,9 @@
 ``to_tensor`` it keeps them nested (device moves, ``copy=True``, ``dtype=`` checked per component,
 by ``_rebuild_nested`` here). Nested and quantized tensors share nothing else, so each kind has
 its own module (``quantized.py``).
+
+Planning reads the nested tensor's dtype, device and number of components; unbinding, copying
+to the host and casting run with the conversion.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ..errors import DeviceError, StructureError, UnsupportedError
 from ..plan.core import ToNumpyOptions, describe_tensor
 from ..plan.transfer import resolve_device
 from ._special import _refuse_copy, _torch_notices_muted
-from .base import Adopted, finished
+from .base import Adoption
 
 __all__ = ["nested_tensor"]
 
@@ -62,28 +65,54 @@ def _bits_as_numpy(c: torch.Tensor, row: DtypeRow) -> np.ndarray[Any, Any]:
     return c.numpy()
 
 
-def _nested_to_numpy(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> Adopted:
-    source = describe_tensor(t)
-    t = t.detach()
+def _component_copies(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> list[str]:
+    """The copies each component's conversion takes, from the tensor's dtype and bits (every component's)."""
     copies = []
-    if t.device.type != "cpu":
+    if t.is_conj() or t.is_neg():
+        copies.append("a lazy conjugate/negative bit resolved")
+    row = row_for_torch(t.dtype)
+    if row is None:
+        raise UnsupportedError(
+            "to_numpy", path, f"dtype {t.dtype} has no NumPy counterpart", "Cast the tensor first, e.g. t.float()"
+        )
+    if not row.exact:
+        wide = row_for_numpy(row.numpy)
+        assert wide is not None  # the table pairs every inexact row with an exact one
+        copies.append(f"NumPy has no {row.name}; {wide.name} holds it exactly")
+        row = wide
+    if opts.dtype is not None and opts.dtype != row.numpy:
+        copies.append(f"{row.numpy} -> {opts.dtype} (checked)")
+    return copies
+
+
+def _nested_to_numpy(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> Adoption:
+    source = describe_tensor(t)
+    copies = []
+    on_device = t.device.type != "cpu"
+    if on_device:
         if opts.copy is False:
             _refuse_copy("to_numpy", path, f"the components live on {t.device} and must be copied to the host")
         copies.append(f"copied from {t.device} to the host")
-        t = t.cpu()
-    parts: list[np.ndarray[Any, Any]] = []
-    for i, component in enumerate(t.unbind()):
-        a, more = _component_to_numpy(component, opts, f"{path}[{i}]")
+    count = t.size(0)
+    if count:
+        more = _component_copies(t, opts, f"{path}[0]")
         if opts.copy is False and more:
-            _refuse_copy("to_numpy", f"{path}[{i}]", "the conversion must copy: " + "; ".join(more))
-        copies += [m for m in more if m not in copies]
-        parts.append(a)
-    if opts.copy is True and not copies:
-        parts = [a.copy(order="K") for a in parts]
+            _refuse_copy("to_numpy", f"{path}[0]", "the conversion must copy: " + "; ".join(more))
+        copies += more
+    fresh = opts.copy is True and not copies
+    if fresh:
         copies.append("copy=True asks for fresh memory")
+
+    def run() -> list[np.ndarray[Any, Any]]:
+        nt = t.detach()
+        if on_device:
+            nt = nt.cpu()
+        parts = [_component_to_numpy(c, opts, f"{path}[{i}]")[0] for i, c in enumerate(nt.unbind())]
+        return [a.copy(order="K") for a in parts] if fresh else parts
+
     memory = "; ".join(copies) if copies else "each a view of the tensor's memory"
-    why = f"a nested tensor has no single array shape: a list of {len(parts)} arrays, one per component ({memory})"
-    return finished(parts, why, copied=bool(copies), source=source)
+    why = f"a nested tensor has no single array shape: a list of {count} arrays, one per component ({memory})"
+    return Adoption("adopt_copy" if copies else "adopt", why, run, done=True, source=source)
 
 
 def _rebuild_nested(t: torch.Tensor, dtype: torch.dtype, path: str) -> torch.Tensor:

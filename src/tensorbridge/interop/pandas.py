@@ -39,22 +39,31 @@ every object sharing that memory; treat such tensors as read-only. ``to_numpy`` 
 read-only view where there is one; ``copy=True`` gives fresh, writable memory. A view, like
 pandas' own ``to_numpy()``, follows later in-place writes to the pandas object
 (``s.iloc[0] = 5``): pass ``copy=True`` for a snapshot.
+
+**Planning** reads only metadata: the dtypes, the index type, the length and the column names;
+refusals that these show (a categorical column, datetimes without ``datetime_unit``, mixed
+NumPy dtypes) come while planning, and ``explain()`` shows them. The values are read when the
+conversion runs: missing values, checked fills and casts, datetime ranges, and whether the
+columns are one block (a view) or must be gathered, are found then, with the same errors;
+``copy=False`` then refuses a copy the data turned out to need.
 """
 
 from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, NoReturn
 
 import numpy as np
 
 from .._convert.cast import cast_array
 from ..dtypes import numpy_dtype
-from ..errors import UnsupportedError, ValueRangeError
+from ..errors import ConversionError, CopyRefusedError, UnsupportedError, ValueRangeError
 from ..plan.core import NO_VALUE, InteropOptions, ToNumpyOptions, ToTensorOptions
-from .base import Adopted, adopted
+from .base import Adoption
 from .detect import is_instance
 
 __all__ = ["ADAPTER"]
@@ -87,6 +96,30 @@ class _Column:
 
 
 @dataclass(frozen=True)
+class _Plan:
+    """One column (or a whole leaf) as planned from its dtype: what it becomes, and the data work.
+
+    Attributes:
+        dtype: the NumPy dtype it becomes (before any cast to ``dtype=``).
+        note: what converting does, from metadata.
+        copies: True: fresh memory; False: a view of pandas' memory; None: a view, unless the
+            data needs a copy (``unless`` says when).
+        get: reads the values and converts them (raises for what the data holds).
+        unless: when ``copies`` is None, what makes fresh memory.
+        plain: a NumPy-backed numeric column's own values: nothing in its data can fail.
+        memory: how plans describe the memory, when neither "fresh" nor "pandas' own" is true.
+    """
+
+    dtype: np.dtype[Any]
+    note: str
+    copies: bool | None
+    get: Callable[[], _Column]
+    unless: str = ""
+    plain: bool = False
+    memory: str = ""
+
+
+@dataclass(frozen=True)
 class _Ctx:
     """What every column of one leaf needs: the call, the options and the target dtype."""
 
@@ -94,6 +127,10 @@ class _Ctx:
     path: str
     io: InteropOptions
     target: np.dtype[Any] | None
+    copy: bool | None = None
+
+
+_VIEW: Final = "a view of pandas' memory, read-only (writes must not reach pandas)"
 
 
 def _named(kind: str, name: Any) -> str:
@@ -207,6 +244,74 @@ def _datetimes(ctx: _Ctx, a: np.ndarray[Any, Any], label: str, x: str, shown: st
     return _Column(out, True, what)
 
 
+def _datetimes_plan(
+    ctx: _Ctx, src: np.dtype[Any], get: Callable[[], _Column], label: str, x: str, shown: str, utc: bool
+) -> _Plan:
+    """Plan datetime64/timedelta64 values of dtype ``src`` -> int64 counts of ``datetime_unit`` (see ``_datetimes``)."""
+    unit = ctx.io.datetime_unit
+    if unit is None:
+        raise UnsupportedError(
+            ctx.what,
+            ctx.path,
+            f"{label} holds {shown} values, which have no tensor dtype",
+            "Pass datetime_unit='ns' (or 'us', 'ms', 's', 'D') for int64 counts of that unit since the epoch",
+        )
+    src_unit, count = np.datetime_data(src)
+    if src_unit not in _NS:
+        raise UnsupportedError(ctx.what, ctx.path, f"{label} has unit {src_unit!r}", f"Convert {x}.astype(...) first")
+    what = f"{shown} -> int64 {unit} {'since the epoch' if src.kind == 'M' else 'counts'}" + (
+        " (UTC instants)" if utc else ""
+    )
+    filled = ctx.io.na_value is not NO_VALUE
+    note = what + (f"; missing values (NaT) filled with {ctx.io.na_value!r}" if filled else "")
+    same = _NS[src_unit] * count == _NS[unit]  # a view of the int64s, unless NaT are filled
+    unless = "missing values (NaT) are filled" if filled else ""
+    return _Plan(np.dtype(np.int64), note, None if same else True, get, unless=unless)
+
+
+def _column_plan(ctx: _Ctx, dtype: Any, values: Callable[[], Any], label: str, x: str) -> _Plan:
+    """Plan one pandas column from its dtype, as ``_column`` converts it; ``values`` gives its ``.array``.
+
+    Raises what the dtype shows (the same errors ``_column`` raises); what the values hold is
+    found by ``get``, which runs ``_column`` on them.
+    """
+
+    def get() -> _Column:
+        return _column(ctx, values(), label, x)
+
+    if type(dtype).__name__ in ("NumpyEADtype", "PandasDtype"):  # NumPy-backed (PandasDtype before pandas 2.1)
+        dtype = dtype.numpy_dtype
+    if isinstance(dtype, np.dtype):
+        if dtype.kind in _NUMERIC:
+            return _Plan(dtype, f"{dtype} values", False, get, plain=True)
+        if dtype.kind in "Mm":
+            return _datetimes_plan(ctx, dtype, get, label, x, str(dtype), False)
+        fix = f"Encode them first, e.g. {x}.astype('category').cat.codes, or {x}.astype('float64') for numbers"
+        raise UnsupportedError(ctx.what, ctx.path, f"{label} has dtype {dtype}, which has no tensor dtype", fix)
+    family = type(dtype).__name__
+    if family in _REFUSED:
+        why, fix = _REFUSED[family]
+        raise UnsupportedError(ctx.what, ctx.path, f"{label} ({dtype}) {why}", fix.format(x=x))
+    if family == "DatetimeTZDtype":
+        return _datetimes_plan(ctx, np.dtype(f"datetime64[{dtype.unit}]"), get, label, x, str(dtype), True)
+    if family == "SparseDtype":
+        if not ctx.io.dense:
+            why = f"{label} is sparse ({dtype}), and densifying silently could exhaust memory"
+            raise UnsupportedError(ctx.what, ctx.path, why, f"Pass dense=True, or convert {x}.sparse.to_dense()")
+        inner = _column_plan(ctx, np.dtype(dtype.subtype), values, label, x)  # the dense values' rules
+        return _Plan(inner.dtype, f"{dtype} densified", True, get)
+    np_dt = getattr(dtype, "numpy_dtype", None)
+    kind = getattr(dtype, "kind", "O")
+    if not isinstance(np_dt, np.dtype) or kind not in _NUMERIC + "Mm" or np_dt.kind != kind:
+        fix = f"Convert it to a NumPy dtype first, e.g. {x}.astype('category').cat.codes for strings"
+        raise UnsupportedError(ctx.what, ctx.path, f"{label} has dtype {dtype}, which has no tensor dtype", fix)
+    if kind in "Mm":  # pyarrow timestamps and durations
+        return _datetimes_plan(ctx, np_dt, get, label, x, str(dtype), False)
+    filled = ctx.io.na_value is not NO_VALUE
+    note = f"{dtype} as {np_dt}" + (f"; missing values filled with {ctx.io.na_value!r}" if filled else "")
+    return _Plan(np_dt, note, None, get, unless="missing values are filled" if filled else "")
+
+
 def _column(ctx: _Ctx, values: Any, label: str, x: str) -> _Column:
     """One pandas column (its ``.array``, or a NumPy array) as a 1-D NumPy array."""
     dtype = values.dtype
@@ -264,6 +369,87 @@ def _series(ctx: _Ctx, obj: Any, kind: str, x: str) -> tuple[_Column, str, str]:
         values = np.arange(obj.start, obj.stop, obj.step, dtype=np.int64)
         return _Column(values, True, "a range materialized as int64"), label, source
     return _column(ctx, getattr(obj, "array", obj), label, x), label, source
+
+
+def _series_plan(ctx: _Ctx, obj: Any, kind: str, x: str) -> tuple[_Plan, str, str]:
+    """Plan a Series, an Index or an extension array from its dtype; its label and its description."""
+    label = _named(kind, getattr(obj, "name", None))
+    source = f"pandas.{type(obj).__name__} {obj.dtype}, {len(obj)} values"
+    if is_instance(obj, "pandas", "MultiIndex"):
+        why = f"{label} is a MultiIndex: one array per level ({obj.nlevels} levels)"
+        raise UnsupportedError(ctx.what, ctx.path, why, "Convert index.to_frame(index=False), a DataFrame")
+    if is_instance(obj, "pandas", "RangeIndex"):
+
+        def get() -> _Column:
+            return _series(ctx, obj, kind, x)[0]
+
+        return _Plan(np.dtype(np.int64), "a range materialized as int64", True, get), label, source
+    return _column_plan(ctx, obj.dtype, lambda: getattr(obj, "array", obj), label, x), label, source
+
+
+def _column_array(df: Any, j: int) -> Any:
+    return df.iloc[:, j].array
+
+
+# When columns that could be one view are gathered instead.
+_SPREAD: Final = "they are not evenly spaced in one block (then gathered, column-major)"
+
+
+def _frame_plan(ctx: _Ctx, df: Any) -> tuple[_Plan, str, str]:
+    """Plan a DataFrame from its dtypes and column names, as ``_frame`` converts it.
+
+    A refusal the dtypes show is raised now, unless an earlier column could fail on its data
+    first (``_frame`` converts the columns in order): then converting raises, whichever first.
+    """
+    rows, ncols = df.shape
+    source = f"pandas.DataFrame {rows} rows x {ncols} columns"
+
+    def get() -> _Column:
+        return _frame(ctx, df)[0]
+
+    if ncols == 0:  # nothing to share or copy
+        return (
+            _Plan(np.dtype(np.float64), "no columns", False, get, memory="an empty float64 array"),
+            "DataFrame",
+            source,
+        )
+    dtypes = list(df.dtypes)
+    one = set(dtypes)
+    dt = one.pop() if len(one) == 1 else None
+    if isinstance(dt, np.dtype) and dt.kind in _NUMERIC:  # pandas' own to_numpy, when converting
+        note = f"{_columns(ncols, dt)} as one 2-D array"
+        return _Plan(dt, note, None, get, unless=_SPREAD), "DataFrame", f"{source}, {dt}"
+    names, cols = list(df.columns), []
+    for j, name in enumerate(names):
+        sub = _Ctx(ctx.what, f"{ctx.path}[{name!r}]", ctx.io, ctx.target, ctx.copy)
+        try:
+            cols.append(
+                _column_plan(sub, dtypes[j], partial(_column_array, df, j), f"column {name!r}", f"df[{name!r}]")
+            )
+        except ConversionError as err:
+            if all(c.plain for c in cols):
+                raise  # nothing before it can fail on its data: this is the conversion's error
+            note = f"{_columns(ncols)}, converted column by column; column {name!r} does not convert ({err.cause})"
+            return _Plan(np.dtype(np.float64), note, None, get), "DataFrame", source
+    notes = [f"{name!r}: {c.note}" for name, c in zip(names, cols, strict=True) if not c.plain]
+    found = list(dict.fromkeys(c.dtype for c in cols))
+    cast = len(found) > 1
+    if cast:
+        if ctx.target is None:
+            mixed = _mixed(ctx, [(name, c.dtype) for name, c in zip(names, cols, strict=True)])
+            if all(c.plain for c in cols):
+                raise mixed
+            note = f"{_columns(ncols)} of {len(found)} dtypes, converted column by column ({mixed.cause})"
+            return _Plan(np.dtype(np.float64), note, None, get), "DataFrame", source
+        notes.append(f"{_columns(sum(c.dtype != ctx.target for c in cols))} cast to {ctx.target} (checked)")
+        found = [ctx.target]
+    dt = found[0]
+    detail = "".join(f"; {n}" for n in notes)
+    if cast or any(c.copies for c in cols):
+        return _Plan(dt, _gathered(ncols, dt) + detail, True, get), "DataFrame", f"{source}, {dt}"
+    unless = " or ".join(dict.fromkeys([_SPREAD, *(c.unless for c in cols if c.unless)]))
+    note = f"{_columns(ncols, dt)} as one 2-D array{detail}"
+    return _Plan(dt, note, None, get, unless=unless), "DataFrame", f"{source}, {dt}"
 
 
 def _columns(n: int, dt: object = "") -> str:
@@ -380,6 +566,33 @@ def _as_one_view(cols: list[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any] | Non
     return np.lib.stride_tricks.as_strided(first, shape, strides, writeable=False)
 
 
+def _planned(label: str, plan: _Plan) -> str:
+    """What adopting does, as planning knows it (the metadata)."""
+    if plan.memory:
+        return f"{label}: {plan.note}, {plan.memory}"
+    if plan.copies:
+        return f"{label}: {plan.note}, fresh memory"
+    if plan.copies is None and plan.unless:
+        return f"{label}: {plan.note}, {_VIEW}; fresh memory if {plan.unless}"
+    return f"{label}: {plan.note}, {_VIEW}"
+
+
+def _converted(label: str, col: _Column) -> str:
+    """What adopting did, once the values are known."""
+    if col.memory:
+        return f"{label}: {col.note}, {col.memory}"
+    if col.copied:
+        return f"{label}: {col.note}, fresh memory"
+    return f"{label}: {col.note}, {_VIEW}"
+
+
+def _refused(path: str, why: str) -> NoReturn:
+    """``copy=False``, but the values needed a copy (the words the planner uses for a copying adoption)."""
+    raise CopyRefusedError(
+        "conversion", path, f"copy=False, but adopting this leaf copies: {why}", "Pass copy=None to allow the copy"
+    )
+
+
 def _target(dtype: Any) -> np.dtype[Any] | None:
     return None if dtype is None else numpy_dtype(dtype)
 
@@ -404,23 +617,25 @@ class _Pandas:
             or is_instance(obj, "pandas.api.extensions", "ExtensionArray")
         )
 
-    def _adopt(self, obj: Any, ctx: _Ctx) -> Adopted:
+    def _adopt(self, obj: Any, ctx: _Ctx) -> Adoption:
         if is_instance(obj, "pandas", "DataFrame"):
-            col, label, source = _frame(ctx, obj)
+            plan, label, source = _frame_plan(ctx, obj)
         elif is_instance(obj, "pandas", "Series"):
-            col, label, source = _series(ctx, obj, "Series", "series")
+            plan, label, source = _series_plan(ctx, obj, "Series", "series")
         elif is_instance(obj, "pandas", "Index"):
-            col, label, source = _series(ctx, obj, "Index", "index.to_series()")
+            plan, label, source = _series_plan(ctx, obj, "Index", "index.to_series()")
         else:
-            col, label, source = _series(ctx, obj, "array", "pd.Series(arr)")
-        if col.memory:
-            return adopted(col.values, f"{label}: {col.note}, {col.memory}", copied=col.copied, source=source)
-        if col.copied:
-            return adopted(col.values, f"{label}: {col.note}, fresh memory", copied=True, source=source)
-        why = f"{label}: {col.note}, a view of pandas' memory, read-only (writes must not reach pandas)"
-        return adopted(_readonly(col.values), why, copied=False, source=source)
+            plan, label, source = _series_plan(ctx, obj, "array", "pd.Series(arr)")
 
-    def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adopted:
+        def run() -> np.ndarray[Any, Any]:
+            col = plan.get()
+            if col.copied and ctx.copy is False:  # the data needed a copy the metadata did not show
+                _refused(ctx.path, _converted(label, col))
+            return col.values if col.copied or col.memory else _readonly(col.values)
+
+        return Adoption("adopt_copy" if plan.copies else "adopt", _planned(label, plan), run, source=source)
+
+    def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adoption:
         """Adopt a pandas object for ``to_tensor``: its values as a NumPy array (see the module's rules).
 
         Example:
@@ -431,9 +646,9 @@ class _Pandas:
             {'df': tensor([[1.0000, 0.5000],
                     [2.0000, 1.5000]])}
         """
-        return self._adopt(obj, _Ctx("to_tensor", path, opts.interop, _target(opts.dtype)))
+        return self._adopt(obj, _Ctx("to_tensor", path, opts.interop, _target(opts.dtype), opts.copy))
 
-    def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adopted:
+    def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adoption:
         """Adopt a pandas object for ``to_numpy``: the same arrays as ``to_tensor``, then ``dtype=``/``copy=``.
 
         Example:
@@ -447,7 +662,7 @@ class _Pandas:
             (array([[1.5, 3. ],
                    [2.5, 4. ]]), False)
         """
-        return self._adopt(obj, _Ctx("to_numpy", path, opts.interop, opts.dtype))
+        return self._adopt(obj, _Ctx("to_numpy", path, opts.interop, opts.dtype, opts.copy))
 
 
 ADAPTER: Final = _Pandas()

@@ -9,10 +9,14 @@
 ``layouts.py`` holds the adapter that claims these leaves and dispatches here; it also keeps a
 quantized tensor quantized under ``to_tensor`` (the same code path as nested tensors). Quantized
 and nested tensors share nothing else, so each kind has its own module (``nested.py``).
+
+Planning reads the dtype, device, qscheme and parameters' shapes; dequantizing, reading the
+codes and rebuilding a tensor from a QuantizedArray run with the conversion.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final, NoReturn
 
 import numpy as np
@@ -21,7 +25,7 @@ import torch
 from ..errors import StructureError, UnsupportedError
 from ..plan.core import ToNumpyOptions, describe_tensor
 from ._special import _refuse_copy, _torch_notices_muted
-from .base import Adopted, adopted, finished
+from .base import Adoption
 
 __all__ = ["QuantizedArray"]
 
@@ -137,7 +141,7 @@ def _codes_view(t: torch.Tensor) -> torch.Tensor:
     return codes.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
 
 
-def _quantized_to_numpy(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> Adopted:
+def _quantized_to_numpy(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> Adoption:
     choice = opts.interop.quantized
     source = f"{describe_tensor(t)}, {_describe_scheme(t)}"
     if choice is None:
@@ -153,9 +157,12 @@ def _quantized_to_numpy(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> Ado
             _refuse_copy(
                 "to_numpy", path, "dequantizing computes new float32 values", "Pass copy=None, or quantized='int'"
             )
-        with torch.no_grad():
-            floats = t.dequantize()
-        return _dequantized(floats, _scheme(t), opts, source)
+
+        def floats() -> torch.Tensor:
+            with torch.no_grad():
+                return t.dequantize()
+
+        return _dequantized(floats, t.device, _scheme(t), opts, source)
     if opts.dtype is not None:
         raise UnsupportedError(
             "to_numpy",
@@ -172,58 +179,72 @@ def _quantized_to_numpy(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> Ado
             "the packed bytes",
             "Pass quantized='dequantize' for float32 values",
         )
-    codes = _codes_view(t)
-    copied = codes.device.type != "cpu"
+    copied = t.device.type != "cpu"
     if copied and opts.copy is False:
-        _refuse_copy("to_numpy", path, f"the codes live on {codes.device} and must be copied to the host")
-    values = codes.cpu().numpy()
-    if opts.copy is True and not copied:
-        values, copied = values.copy(order="K"), True
-    scale, zero_point, axis = _qparams(t)
+        _refuse_copy("to_numpy", path, f"the codes live on {t.device} and must be copied to the host")
+    fresh = opts.copy is True and not copied
+
+    def codes() -> QuantizedArray:
+        values = _codes_view(t).cpu().numpy()
+        if fresh:
+            values = values.copy(order="K")
+        scale, zero_point, axis = _qparams(t)
+        return QuantizedArray(values, scale, zero_point, axis, str(t.dtype).removeprefix("torch."), _scheme(t))
+
+    copied = copied or fresh
     memory = "fresh memory" if copied else "a view of the tensor's memory"
-    per = "per tensor" if axis is None else f"per channel along axis {axis}"
-    why = f"quantized='int': the {values.dtype} codes ({memory}) with their scale and zero point {per}"
-    result = QuantizedArray(values, scale, zero_point, axis, str(t.dtype).removeprefix("torch."), _scheme(t))
-    return finished(result, why, copied=copied, source=source)
+    per = "per tensor" if _scheme(t).startswith("per_tensor") else f"per channel along axis {t.q_per_channel_axis()}"
+    codes_dtype = str(_CODES[t.dtype]).removeprefix("torch.")
+    why = f"quantized='int': the {codes_dtype} codes ({memory}) with their scale and zero point {per}"
+    return Adoption("adopt_copy" if copied else "adopt", why, codes, done=True, source=source)
 
 
-def _dequantized(floats: torch.Tensor, scheme: str, opts: ToNumpyOptions, source: str) -> Adopted:
+def _dequantized(
+    floats: Callable[[], torch.Tensor], device: torch.device, scheme: str, opts: ToNumpyOptions, source: str
+) -> Adoption:
     why = f"quantized='dequantize': (code - zero point) * scale, {scheme}, float32 in fresh memory"
-    if opts.dtype in (None, np.dtype(np.float32)) and floats.device.type == "cpu":
+    if opts.dtype in (None, np.dtype(np.float32)) and device.type == "cpu":
         # Already fresh memory: handing the array over here keeps copy=True from copying twice.
-        return finished(floats.numpy(), why, copied=True, source=source)
-    return adopted(floats, why, copied=True, source=source)
+        return Adoption("adopt_copy", why, lambda: floats().numpy(), done=True, source=source)
+    return Adoption("adopt_copy", why, floats, source=source)
 
 
-def _rebuild(qa: QuantizedArray, what: str, path: str) -> torch.Tensor:
-    """The quantized tensor a QuantizedArray describes; its codes are copied (torch always copies here)."""
+def _rebuilder(qa: QuantizedArray, what: str, path: str) -> Callable[[], torch.Tensor]:
+    """What rebuilds the quantized tensor a QuantizedArray describes, once its fields are checked.
+
+    The fields' dtypes and shapes are checked now; the rebuild (torch always copies the codes)
+    runs when the returned function is called.
+    """
     qdtype = _QDTYPES.get(qa.dtype)
-    codes = np.asarray(qa.values)
-    native = codes.dtype.newbyteorder("=")
+    values = qa.values
+    codes_dtype = values.dtype if isinstance(values, np.ndarray) else np.asarray(values).dtype
+    native = codes_dtype.newbyteorder("=")
     if qdtype is None or native != np.dtype(str(_CODES[qdtype]).removeprefix("torch.")):
         raise UnsupportedError(
             what,
             path,
-            f"a QuantizedArray of dtype {qa.dtype!r} with {codes.dtype} values is not one torch can rebuild",
+            f"a QuantizedArray of dtype {qa.dtype!r} with {codes_dtype} values is not one torch can rebuild",
             "Use int8 values for 'qint8', uint8 for 'quint8' or int32 for 'qint32'",
         )
-    if not codes.dtype.isnative or min(codes.strides, default=0) < 0:
-        codes = np.array(codes, dtype=native, order="C")
+    shape, ndim = np.shape(values), np.ndim(values)
     floats = qa.qscheme == "per_channel_affine_float_qparams"
-    scale = np.asarray(qa.scale, np.float32 if floats else np.float64)
-    zero_point = np.asarray(qa.zero_point, np.float32 if floats else np.int64)
+    scale_shape, zero_shape = np.shape(qa.scale), np.shape(qa.zero_point)
     # torch checks none of this when building, only when the values are first read.
     if qa.axis is None:
-        problem = None if scale.size == zero_point.size == 1 else "a per-tensor scale and zero point are one value each"
-    elif not -codes.ndim <= qa.axis < codes.ndim:
-        problem = f"axis {qa.axis} is out of range for {codes.ndim}-d values"
-    else:
-        n = codes.shape[qa.axis]
         problem = (
             None
-            if scale.shape == zero_point.shape == (n,)
+            if np.size(qa.scale) == np.size(qa.zero_point) == 1
+            else "a per-tensor scale and zero point are one value each"
+        )
+    elif not -ndim <= qa.axis < ndim:
+        problem = f"axis {qa.axis} is out of range for {ndim}-d values"
+    else:
+        n = shape[qa.axis]
+        problem = (
+            None
+            if scale_shape == zero_shape == (n,)
             else f"per channel along axis {qa.axis}, scale and zero_point need shape ({n},), "
-            f"not {scale.shape} and {zero_point.shape}"
+            f"not {scale_shape} and {zero_shape}"
         )
     if problem is not None:
         raise StructureError(
@@ -232,27 +253,40 @@ def _rebuild(qa: QuantizedArray, what: str, path: str) -> torch.Tensor:
             f"the QuantizedArray does not describe a quantized tensor: {problem}",
             "Fix its scale, zero_point or axis",
         )
-    try:
-        with _torch_notices_muted():
-            ints = torch.from_numpy(codes)  # read only here: the rebuild below copies
-            if qa.axis is None:
-                return torch._make_per_tensor_quantized_tensor(ints, float(scale), int(zero_point))
-            axis = qa.axis % codes.ndim
-            scales, zero_points = torch.from_numpy(scale), torch.from_numpy(zero_point)
-            return torch._make_per_channel_quantized_tensor(ints, scales, zero_points, axis)
-    except (RuntimeError, TypeError, ValueError) as err:
-        raise StructureError(
-            what, path, f"torch could not rebuild the quantized tensor ({str(err).rstrip('.')})", "Check its fields"
-        ) from err
+
+    def rebuild() -> torch.Tensor:
+        codes = np.asarray(qa.values)
+        if not codes.dtype.isnative or min(codes.strides, default=0) < 0:
+            codes = np.array(codes, dtype=native, order="C")
+        scale = np.asarray(qa.scale, np.float32 if floats else np.float64)
+        zero_point = np.asarray(qa.zero_point, np.float32 if floats else np.int64)
+        try:
+            with _torch_notices_muted():
+                ints = torch.from_numpy(codes)  # read only here: the rebuild below copies
+                if qa.axis is None:
+                    return torch._make_per_tensor_quantized_tensor(ints, float(scale), int(zero_point))
+                axis = qa.axis % codes.ndim
+                scales, zero_points = torch.from_numpy(scale), torch.from_numpy(zero_point)
+                return torch._make_per_channel_quantized_tensor(ints, scales, zero_points, axis)
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise StructureError(
+                what, path, f"torch could not rebuild the quantized tensor ({str(err).rstrip('.')})", "Check its fields"
+            ) from err
+
+    return rebuild
 
 
-def _quantized_array_to_numpy(qa: QuantizedArray, opts: ToNumpyOptions, path: str) -> Adopted:
+def _quantized_array_to_numpy(qa: QuantizedArray, opts: ToNumpyOptions, path: str) -> Adoption:
     if opts.interop.quantized == "dequantize":
         if opts.copy is False:
             _refuse_copy("to_numpy", path, "dequantizing computes new float32 values", "Pass copy=None")
-        with torch.no_grad():
-            floats = _rebuild(qa, "to_numpy", path).dequantize()
-        return _dequantized(floats, qa.qscheme, opts, repr(qa))
+        rebuild = _rebuilder(qa, "to_numpy", path)
+
+        def floats() -> torch.Tensor:
+            with torch.no_grad():
+                return rebuild().dequantize()
+
+        return _dequantized(floats, torch.device("cpu"), qa.qscheme, opts, repr(qa))
     if opts.dtype is not None:
         raise UnsupportedError(
             "to_numpy",
@@ -261,9 +295,13 @@ def _quantized_array_to_numpy(qa: QuantizedArray, opts: ToNumpyOptions, path: st
             "Pass quantized='dequantize' with dtype= for floats, or cast result.values yourself",
         )
     if opts.copy is True:
-        fresh = QuantizedArray(qa.values.copy(order="K"), qa.scale.copy(), qa.zero_point.copy(), *_tail(qa))
-        return finished(fresh, "copy=True: the codes and parameters copied", copied=True, source=repr(qa))
-    return finished(qa, "a QuantizedArray is NumPy data already: returned as it is", copied=False, source=repr(qa))
+
+        def fresh() -> QuantizedArray:
+            return QuantizedArray(qa.values.copy(order="K"), qa.scale.copy(), qa.zero_point.copy(), *_tail(qa))
+
+        return Adoption("adopt_copy", "copy=True: the codes and parameters copied", fresh, done=True, source=repr(qa))
+    why = "a QuantizedArray is NumPy data already: returned as it is"
+    return Adoption("adopt", why, lambda: qa, done=True, source=repr(qa), free=True)
 
 
 def _tail(qa: QuantizedArray) -> tuple[int | None, str, str]:

@@ -59,7 +59,7 @@ import torch
 
 from ..plan.core import ToNumpyOptions, ToTensorOptions
 from ._sparse_common import _FORMATS
-from .base import Adopted
+from .base import Adoption
 from .detect import is_instance
 from .sparse_from_scipy import _scipy_to_tensor, _tensor_to_tensor
 from .sparse_to_scipy import _scipy_to_numpy, _tensor_to_numpy
@@ -84,27 +84,31 @@ class _Sparse:
             return obj.layout in _TORCH_LAYOUTS
         return is_instance(obj, "scipy.sparse", "spmatrix") or is_instance(obj, "scipy.sparse", "sparray")
 
-    def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adopted:
+    def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adoption:
         """A sparse tensor of the SciPy matrix's layout over its memory; a sparse tensor as it is.
+
+        Planned from metadata; ``run()`` converts (and checks the indices).
 
         Example:
             >>> import numpy as np, scipy.sparse as sp
             >>> got = ADAPTER.to_tensor(sp.csr_array(np.eye(2)), ToTensorOptions(), "data")
-            >>> got.value.layout, got.step.why
-            (torch.sparse_csr, 'data, indptr, indices shared')
+            >>> got.kind, got.why.split(";")[0]
+            ('adopt', 'data, indptr, indices shared')
+            >>> got.run().layout
+            torch.sparse_csr
         """
         if isinstance(obj, torch.Tensor):
             return _tensor_to_tensor(obj, opts, path)
         return _scipy_to_tensor(obj, opts, path)
 
-    def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adopted:
+    def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adoption:
         """The SciPy sparse array of the tensor's layout over its memory; a SciPy matrix as it is.
 
         Example:
             >>> import torch
             >>> got = ADAPTER.to_numpy(torch.tensor([[0, 2], [3, 0]]).to_sparse(), ToNumpyOptions(), "data")
-            >>> type(got.value).__name__, got.value.toarray().tolist(), got.step.why
-            ('coo_array', [[0, 2], [3, 0]], 'data, coords shared')
+            >>> got.why, type(got.run()).__name__, got.run().toarray().tolist()
+            ('data, coords shared', 'coo_array', [[0, 2], [3, 0]])
         """
         if isinstance(obj, torch.Tensor):
             return _tensor_to_numpy(obj, opts, path)
