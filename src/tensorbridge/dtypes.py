@@ -28,6 +28,9 @@ __all__ = [
 ]
 
 
+_TorchDtype = torch.dtype  # the rows' field named ``torch`` hides the module inside the class
+
+
 @dataclass(frozen=True)
 class DtypeRow:
     """One dtype both libraries can hold.
@@ -49,7 +52,7 @@ class DtypeRow:
     exact: bool = True
 
     @property
-    def torch_carrier(self) -> torch.dtype | None:
+    def torch_carrier(self) -> _TorchDtype | None:
         """The torch integer type matching ``carrier`` (same size), or None."""
         return None if self.carrier is None else TORCH_BITS[self.carrier.itemsize]
 

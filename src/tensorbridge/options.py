@@ -178,7 +178,7 @@ def normalize_interop(
         )
     if dense is False and quantized is None and na_value is NO_VALUE and datetime_unit is None:
         return DEFAULT_INTEROP
-    return InteropOptions(dense, quantized, na_value, datetime_unit)  # type: ignore[arg-type]  # checked above
+    return InteropOptions(dense, quantized, na_value, datetime_unit)
 
 
 def _tensor_target(dtype: object) -> torch.dtype:

@@ -269,7 +269,7 @@ def _walk(data: Any, fn: Callable[..., Any], node: Node | None, enter: Enter | N
             child_spec = cached(type(child), _MISSING)
             if child_spec is _MISSING:
                 child_spec = spec_for(type(child))
-            if child_spec is not None and (enter is None or enter(child, child_spec, (path, style, keys[i]), depth)):
+            if child_spec is not None and (enter is None or enter(child, child_spec, (path, style, keys[i]), depth)):  # type: ignore[arg-type]
                 break
             out.append(fn(child, (path, style, keys[i]), depth) if general else fn(child, (path, style, keys[i])))
             i += 1

@@ -143,8 +143,9 @@ def _resolve_neg(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
 
 def _to_numpy(t: torch.Tensor, step: Step, path: str) -> np.ndarray[Any, Any]:
     row: DtypeRow = step.arg
-    if row.carrier is not None:
-        return t.view(row.torch_carrier).numpy().view(row.numpy)
+    bits = row.torch_carrier
+    if bits is not None:
+        return t.view(bits).numpy().view(row.numpy)
     return t.numpy()
 
 

@@ -48,7 +48,8 @@ import torch
 
 from ..api import to_numpy
 from ..dtypes import row_for_numpy, row_for_torch
-from ..errors import ConversionError, FileFormatError, UnsupportedError
+from ..errors import ConversionError, FileFormatError, StructureError, UnsupportedError
+from ..tree import ContainerSpec, Path, fold
 from . import pt_writer
 from .base import Archive, Entry, bad_file
 from .pickle_scan import MAX_DEPTH, MAX_ITEMS, MAX_REPEAT
@@ -59,6 +60,7 @@ __all__ = ["PT"]
 
 _ZIP_MAGIC: Final = b"PK\x03\x04"
 _LOCAL_HEADER: Final = struct.Struct("<4s22xHH")  # signature, (versions, flags, sizes...), name and extra lengths
+_CYCLE: Final = "contains itself (a reference cycle)"  # how tensorbridge.tree's walk says it
 #: Tensors may hold (under all their names) MAX_REPEAT times the file's size, plus this.
 MAX_TENSOR_SLACK: Final = 16 << 20
 _SAFETY_FIX: Final = (
@@ -264,14 +266,17 @@ def _load_error(path: str, err: Exception) -> ConversionError:
 
 
 def _check_tree(obj: Any, path: str, max_items: int, max_bytes: int) -> None:
-    """Refuse nesting that would overflow ``flatten``'s recursion or expand without bound.
+    """Refuse nesting deeper than a nesting record may be, and shared references that expand without bound.
 
-    Tensors count with every name they will have: the command writes (and diff compares) each.
+    Every item counts, containers included (a million shared empty lists hold no leaf), each
+    before it is taken apart. Tensors count with every name they will have: the command writes
+    (and diff compares) each. The dict, list and tuple containers a file holds are walked (by
+    :func:`tensorbridge.tree.fold`); anything else is one item, which ``flatten`` then refuses.
     """
-    stack: list[tuple[Any, int]] = [(obj, 0)]
     count = nbytes = 0
-    while stack:
-        item, depth = stack.pop()
+
+    def spend(item: Any, depth: int) -> None:
+        nonlocal count, nbytes
         count += 1
         if isinstance(item, torch.Tensor) and item.layout == torch.strided and not item.is_meta:
             nbytes += item.numel() * item.element_size()
@@ -285,12 +290,7 @@ def _check_tree(obj: Any, path: str, max_items: int, max_bytes: int) -> None:
                     "Save each tensor once, under one name, without expanded views",
                 )
         if depth > MAX_DEPTH:
-            raise UnsupportedError(
-                "reading",
-                path,
-                f"its containers nest more than {MAX_DEPTH} levels deep (or contain themselves)",
-                "Save a flatter structure, e.g. a state dict of tensors",
-            )
+            raise too_deep()
         if count > max_items:
             raise UnsupportedError(
                 "reading",
@@ -298,10 +298,27 @@ def _check_tree(obj: Any, path: str, max_items: int, max_bytes: int) -> None:
                 f"its containers refer to each other so often that they expand to more than {max_items} items",
                 "Save each container once, e.g. a state dict of tensors",
             )
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend((v, depth + 1) for v in item)
+
+    def enter(item: Any, spec: ContainerSpec, at: Path, depth: int) -> bool:
+        if not isinstance(item, (dict, list, tuple)):
+            return False  # one item, counted as a leaf
+        spend(item, depth)
+        return True
+
+    def too_deep() -> UnsupportedError:
+        return UnsupportedError(
+            "reading",
+            path,
+            f"its containers nest more than {MAX_DEPTH} levels deep (or contain themselves)",
+            "Save a flatter structure, e.g. a state dict of tensors",
+        )
+
+    try:
+        fold(obj, lambda item, at, depth: spend(item, depth), lambda *_: None, enter=enter)
+    except StructureError as err:
+        if not err.cause.endswith(_CYCLE):  # the tree's words for a container that contains itself
+            raise
+        raise too_deep() from err
 
 
 def _entry(name: str, leaf: Any, path: str) -> Entry:

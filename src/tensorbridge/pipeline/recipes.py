@@ -79,10 +79,10 @@ def _fused(steps: tuple[Step, ...], leaf: Any) -> Run | None:
         # A contiguous array's copy keeps its axis order ("K"): _numpy_copy's choice for any
         # layout without overlap. Byte order becomes native.
         native = leaf.dtype.newbyteorder("=")
-        row = steps[1].arg
-        if row.carrier is None:
+        copied: DtypeRow = steps[1].arg
+        if copied.carrier is None:
             return lambda a: torch.from_numpy(a.astype(native, order="K"))
-        carrier, tdt = row.carrier, row.torch
+        carrier, tdt = copied.carrier, copied.torch
         return lambda a: torch.from_numpy(a.astype(native, order="K").view(carrier)).view(tdt)
     if kinds == ("share",):
         row: DtypeRow = steps[0].arg

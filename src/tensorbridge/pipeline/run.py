@@ -233,18 +233,18 @@ def _together(data: Any, opts: Options) -> Any:
         mids.append(x if recipe is None else _before(recipe, x, opts, path))
     moving = [n for n, tr in enumerate(trs) if tr is not None]
     if moving:
-        items = [(mids[n], trs[n]) for n in moving]
-        first: Transfer = trs[moving[0]]  # type: ignore[assignment]
+        items: list[tuple[Any, Transfer]] = [(mids[n], trs[n]) for n in moving]  # type: ignore[misc]
+        first = items[0][1]
         label = format_path(leaves[moving[0]][0])
         if len(moving) > 1:
-            packed = all(items[k][1].route == "packed" for k in range(len(items)))  # type: ignore[union-attr]
+            packed = all(tr.route == "packed" for _, tr in items)
             label = (
                 f"data ({len(moving)} leaves packed together)"
                 if packed
                 else f"{label} and {len(moving) - 1} more leaves"
             )
-        with device_errors(label, sum(tr.nbytes for _, tr in items), first.source, first.device):  # type: ignore[union-attr]
-            moved = move(items, opts.non_blocking)  # type: ignore[arg-type]
+        with device_errors(label, sum(tr.nbytes for _, tr in items), first.source, first.device):
+            moved = move(items, opts.non_blocking)
         for n, out in zip(moving, moved, strict=True):
             mids[n] = out
     results = []
