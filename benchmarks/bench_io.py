@@ -31,7 +31,7 @@ _CHILD = textwrap.dedent(
     """
     import json, sys, time
     import numpy as np, safetensors.numpy as st, safetensors.torch as stt, tensorbridge as tb, torch
-    from tensorbridge.io.convert import convert
+    from tensorbridge.files.convert import convert
 
     def same_np(a, b):
         return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

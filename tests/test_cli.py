@@ -17,7 +17,7 @@ import torch
 
 import tensorbridge as tb
 from tensorbridge.cli import main
-from tensorbridge.io import format_for
+from tensorbridge.files import format_for
 
 from .helpers import ANON_SAMPLER
 
@@ -281,8 +281,8 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
 
 
 def safetensors_with(path: Path, metadata: dict[str, str]) -> Path:
-    from tensorbridge.io.base import Entry
-    from tensorbridge.io.safetensors_files import SAFETENSORS
+    from tensorbridge.files.base import Entry
+    from tensorbridge.files.safetensors_files import SAFETENSORS
 
     w = np.arange(4, dtype=np.float32)
     SAFETENSORS.write(str(path), [Entry("w", w.dtype, w.shape, lambda: w)], None, metadata)
@@ -331,9 +331,9 @@ def test_diff_ignores_metadata_a_format_has_no_place_for(tmp_path: Path) -> None
 
 
 def test_verify_finds_a_difference_past_the_first_piece(tmp_path: Path) -> None:
-    from tensorbridge.io import convert as job
-    from tensorbridge.io.base import Entry
-    from tensorbridge.io.chunks import PIECE_BYTES
+    from tensorbridge.files import convert as job
+    from tensorbridge.files.base import Entry
+    from tensorbridge.files.chunks import PIECE_BYTES
 
     n = 3 * PIECE_BYTES // 4  # three pieces of float32
     np.save(tmp_path / "a.npy", np.zeros(n, np.float32))
@@ -347,7 +347,7 @@ def test_verify_finds_a_difference_past_the_first_piece(tmp_path: Path) -> None:
 _VERIFY_MEMORY = (
     """
 import sys, threading, time
-from tensorbridge.io.convert import convert
+from tensorbridge.files.convert import convert
 
 """
     + ANON_SAMPLER

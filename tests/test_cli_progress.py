@@ -91,9 +91,9 @@ def test_a_disabled_or_closed_stream_draws_nothing() -> None:
 
 def test_progress_moves_within_one_large_tensor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The writer is slowed so the size watcher sees the file grow while one tensor is written.
-    from tensorbridge.io import convert as job
-    from tensorbridge.io import steps
-    from tensorbridge.io.npy_files import NPY
+    from tensorbridge.files import convert as job
+    from tensorbridge.files import steps
+    from tensorbridge.files.npy_files import NPY
 
     np.save(tmp_path / "a.npy", np.arange(1 << 20, dtype=np.float64))  # one 8 MiB tensor
     real = NPY.write

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-import tensorbridge.io.output as output
+import tensorbridge.files.output as output
 from tensorbridge.cli import main
-from tensorbridge.io import format_for
+from tensorbridge.files import format_for
 
 SAFETENSORS = type(format_for("x.safetensors"))
 
@@ -98,7 +98,7 @@ def test_force_onto_a_directory_is_refused_before_any_data_is_read(
 ) -> None:
     (tmp_path / "out").mkdir()
     hooked_write(monkeypatch, lambda path: pytest.fail("the writer ran"))
-    monkeypatch.setattr("tensorbridge.io.convert.read_archive", lambda *a: pytest.fail("the source was read"))
+    monkeypatch.setattr("tensorbridge.files.convert.read_archive", lambda *a: pytest.fail("the source was read"))
     code, _, err = run("convert", str(src), str(tmp_path / "out"), "--to", "safetensors", "--force")
     assert code == 2 and f"convert at {tmp_path / 'out'}: it is a directory" in err and ".tmp" not in err, err
     assert listing(tmp_path / "out") == [] and listing(tmp_path) == ["a.npz", "out"]
@@ -224,9 +224,9 @@ def test_writer_errors_name_the_destination_not_the_temporary_file(tmp_path: Pat
 _SLOW_CONVERT = textwrap.dedent(
     """
     import sys, time
-    import tensorbridge.io.output as output
+    import tensorbridge.files.output as output
     output.USE_TMPFILE = sys.argv[1] == "unnamed"
-    from tensorbridge.io import format_for
+    from tensorbridge.files import format_for
     fmt = type(format_for("x.safetensors"))
     real = fmt.write
     def write(self, *args):

@@ -17,9 +17,9 @@ import torch
 
 import tensorbridge as tb
 from tensorbridge.dtypes import DtypeRow
-from tensorbridge.io import convert as convert_job
-from tensorbridge.io.npz_files import RECORD_MEMBER
-from tensorbridge.io.safetensors_files import STRUCTURE_KEY
+from tensorbridge.files import convert as convert_job
+from tensorbridge.files.npz_files import RECORD_MEMBER
+from tensorbridge.files.safetensors_files import STRUCTURE_KEY
 
 from .helpers import EXACT_ROWS, bits, quiet_tensor, random_bits
 

@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 import tensorbridge as tb
 from tensorbridge.dtypes import DtypeRow, is_ml_dtype
 from tensorbridge.errors import FileFormatError, StructureError, UnsupportedError
-from tensorbridge.io import format_for, structure
-from tensorbridge.io.base import Archive, Entry, Format
-from tensorbridge.io.npy_files import NPY
-from tensorbridge.io.npz_files import NPZ, RECORD_MEMBER
+from tensorbridge.files import format_for, structure
+from tensorbridge.files.base import Archive, Entry, Format
+from tensorbridge.files.npy_files import NPY
+from tensorbridge.files.npz_files import NPZ, RECORD_MEMBER
 
 from .helpers import EXACT_ROWS, bits, random_bits
 

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 import tensorbridge as tb
 from tensorbridge.dtypes import DtypeRow
 from tensorbridge.errors import FileFormatError, StructureError, UnsupportedError
-from tensorbridge.io import format_for, structure
-from tensorbridge.io import safetensors_files as sf
-from tensorbridge.io.base import MAX_HEADER_BYTES, Archive, Entry
-from tensorbridge.io.safetensors_files import SAFETENSORS
+from tensorbridge.files import format_for, structure
+from tensorbridge.files import safetensors_files as sf
+from tensorbridge.files.base import MAX_HEADER_BYTES, Archive, Entry
+from tensorbridge.files.safetensors_files import SAFETENSORS
 
 from .helpers import EXACT_ROWS, bits, random_bits
 

@@ -19,11 +19,11 @@ import torch
 
 from tensorbridge.cli import main
 from tensorbridge.errors import FileFormatError, StructureError, UnsupportedError
-from tensorbridge.io import format_for, structure
-from tensorbridge.io.base import Entry
-from tensorbridge.io.npz_files import NPZ, RECORD_MEMBER
-from tensorbridge.io.safetensors_files import SAFETENSORS, STRUCTURE_KEY
-from tensorbridge.io.safetensors_header import MAX_VALUES
+from tensorbridge.files import format_for, structure
+from tensorbridge.files.base import Entry
+from tensorbridge.files.npz_files import NPZ, RECORD_MEMBER
+from tensorbridge.files.safetensors_files import SAFETENSORS, STRUCTURE_KEY
+from tensorbridge.files.safetensors_header import MAX_VALUES
 
 # ----------------------------------------------------------------------------------- crafting
 
@@ -365,7 +365,7 @@ def test_a_header_claiming_more_than_the_file_holds(tmp_path: Path, case: str) -
 
 
 def test_npz_keeps_string_metadata(tmp_path: Path) -> None:
-    from tensorbridge.io.npz_files import METADATA_MEMBER
+    from tensorbridge.files.npz_files import METADATA_MEMBER
 
     w = np.eye(2)
     path = tmp_path / "m.npz"
@@ -389,7 +389,7 @@ def test_npz_keeps_string_metadata(tmp_path: Path) -> None:
     ],
 )
 def test_npz_metadata_member_is_validated(tmp_path: Path, payload: bytes, message: str) -> None:
-    from tensorbridge.io.npz_files import METADATA_MEMBER
+    from tensorbridge.files.npz_files import METADATA_MEMBER
 
     path = tmp_path / "bad.npz"
     np.savez(path, w=np.ones(2))

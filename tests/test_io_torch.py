@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 import tensorbridge as tb
 from tensorbridge.dtypes import DtypeRow
 from tensorbridge.errors import FileFormatError, StructureError, UnsupportedError
-from tensorbridge.io import format_for, pickle_scan
-from tensorbridge.io.base import Archive, Entry
-from tensorbridge.io.pickle_scan import MAX_DEPTH, MAX_ITEMS
-from tensorbridge.io.torch_files import PT
+from tensorbridge.files import format_for, pickle_scan
+from tensorbridge.files.base import Archive, Entry
+from tensorbridge.files.pickle_scan import MAX_DEPTH, MAX_ITEMS
+from tensorbridge.files.torch_files import PT
 
 from .helpers import ANON_SAMPLER, EXACT_ROWS, bits, quiet_tensor, random_bits
 
@@ -232,7 +232,7 @@ def test_sources_that_need_a_copy_are_written_correctly(tmp_path: Path) -> None:
 _MEASURE = (
     """
 import resource, sys, threading, time
-from tensorbridge.io.torch_files import PT
+from tensorbridge.files.torch_files import PT
 
 start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 """
@@ -768,7 +768,7 @@ def test_hostile_files_stay_within_a_memory_limit(tmp_path: Path, name: str) -> 
 
 def _write_checkpoint(path: Path) -> tuple[Any, list[Entry], Any]:
     """A nested checkpoint of every exact dtype with a tied pair, written by PT.write from its leaves."""
-    from tensorbridge.io.structure import flatten
+    from tensorbridge.files.structure import flatten
 
     obj: Any = collections.OrderedDict(
         model={"w": torch.randn(3, 4), "layers": [torch.ones(2), (torch.arange(3), 7)]},
@@ -836,7 +836,7 @@ def test_records_are_aligned_as_torch_aligns_them(tmp_path: Path) -> None:
 
 
 def test_zip64_records_and_directory_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tensorbridge.io import pt_writer
+    from tensorbridge.files import pt_writer
 
     monkeypatch.setattr(pt_writer, "ZIP64_FROM", 100)  # every record, offset and the directory past "4 GiB"
     arrays = {f"w{i}": np.random.default_rng(i).standard_normal(40 + 30 * i).astype(np.float32) for i in range(4)}
@@ -874,8 +874,8 @@ def test_memory_freed_between_entries_is_never_taken_for_a_tie(tmp_path: Path) -
 _STREAM = """
 import resource, sys
 import numpy as np
-from tensorbridge.io.base import Entry
-from tensorbridge.io.torch_files import PT
+from tensorbridge.files.base import Entry
+from tensorbridge.files.torch_files import PT
 n = 8 << 20  # 32 MiB of float32 per entry, 256 MiB in all, each made fresh when it is loaded
 entries = [Entry(f"w{i}", np.dtype(np.float32), (n,), lambda i=i: np.full(n, i, np.float32)) for i in range(8)]
 start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024

@@ -21,10 +21,10 @@ import torch
 
 import tensorbridge as tb
 from tensorbridge.errors import FileFormatError, UnsupportedError
-from tensorbridge.io import structure
-from tensorbridge.io.pickle_scan import MAX_DEPTH
-from tensorbridge.io.structure import ROOT_NAME, flatten
-from tensorbridge.io.torch_files import PT, _check_tree
+from tensorbridge.files import structure
+from tensorbridge.files.pickle_scan import MAX_DEPTH
+from tensorbridge.files.structure import ROOT_NAME, flatten
+from tensorbridge.files.torch_files import PT, _check_tree
 
 _FIX = "Keep only arrays, tensors, numbers, strings and dict/list/tuple containers"
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import tensorbridge as tb
-from tensorbridge.interop import adapter_for
-from tensorbridge.interop.layouts import ADAPTER
-from tensorbridge.interop.nested import nested_tensor
-from tensorbridge.interop.quantized import QuantizedArray
+from tensorbridge.adapters import adapter_for
+from tensorbridge.adapters.layouts import ADAPTER
+from tensorbridge.adapters.nested import nested_tensor
+from tensorbridge.adapters.quantized import QuantizedArray
 from tensorbridge.plan.core import InteropOptions, ToNumpyOptions, ToTensorOptions
 
 from .helpers import EXACT_ROWS, bits, random_bits

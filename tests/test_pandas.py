@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tensorbridge as tb
-from tensorbridge.interop import adapter_for
+from tensorbridge.adapters import adapter_for
 
 pd = pytest.importorskip("pandas")
 

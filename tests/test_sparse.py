@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import tensorbridge as tb
+from tensorbridge.adapters import adapter_for
+from tensorbridge.adapters._sparse_common import _coords
+from tensorbridge.adapters.sparse import ADAPTER
+from tensorbridge.adapters.sparse_to_scipy import _scipy_holds
 from tensorbridge.dtypes import DtypeRow
-from tensorbridge.interop import adapter_for
-from tensorbridge.interop._sparse_common import _coords
-from tensorbridge.interop.sparse import ADAPTER
-from tensorbridge.interop.sparse_to_scipy import _scipy_holds
 from tensorbridge.plan.core import InteropOptions, ToNumpyOptions, ToTensorOptions
 
 from .helpers import EXACT_ROWS, bits, quiet_tensor, random_bits
@@ -119,7 +119,7 @@ def test_claims_every_scipy_format_and_every_sparse_layout(sp: Any) -> None:
 def test_importing_or_claiming_never_imports_scipy() -> None:
     code = """
         import sys, torch, tensorbridge as tb
-        from tensorbridge.interop.sparse import ADAPTER
+        from tensorbridge.adapters.sparse import ADAPTER
         t = torch.tensor([[0.0, 2.0], [3.0, 0.0]])
         assert ADAPTER.claims(t.to_sparse()) and not ADAPTER.claims(object())
         assert tb.to_tensor(t.to_sparse()).layout == torch.sparse_coo

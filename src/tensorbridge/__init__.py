@@ -10,6 +10,8 @@ Example:
 from __future__ import annotations
 
 from ._stack import stack
+from .adapters.nested import nested_tensor
+from .adapters.quantized import QuantizedArray
 from .api import Explanation, explain, to_numpy, to_tensor
 from .dtypes import ROWS, numpy_dtype, torch_dtype
 from .errors import (
@@ -22,10 +24,8 @@ from .errors import (
     UnsupportedError,
     ValueRangeError,
 )
-from .interop.nested import nested_tensor
-from .interop.quantized import QuantizedArray
-from .io.files import TensorFile, load, save
-from .io.files import open as open  # re-exported, but not in __all__: a star import keeps the builtin open
+from .files.load_save import TensorFile, load, save
+from .files.load_save import open as open  # re-exported, but not in __all__: a star import keeps the builtin open
 from .pipeline import PlanCacheInfo, configure_plan_cache
 from .pipeline import cache_info as plan_cache_info
 from .transfers import PoolStats, TransferConfig, configure_transfers, release_pinned, transfer_stats

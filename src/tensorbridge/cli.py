@@ -227,7 +227,7 @@ def _size(n: int) -> str:
 
 
 def _convert(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .io.convert import VerifyError, convert
+    from .files.convert import VerifyError, convert
 
     bar = _Progress(err, not args.quiet)
     try:
@@ -257,7 +257,7 @@ def _convert(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _inspect(args: argparse.Namespace, out: TextIO) -> int:
-    from .io.convert import inspect
+    from .files.convert import inspect
 
     found = inspect(args.file, args.format)
     rows = found.rows
@@ -293,7 +293,7 @@ def _clipped(value: str, limit: int = 200) -> str:
 
 
 def _diff(args: argparse.Namespace, out: TextIO) -> int:
-    from .io.convert import diff
+    from .files.convert import diff
 
     found = diff(args.a, args.b, rtol=args.rtol, atol=args.atol, metadata=not args.ignore_metadata)
     if args.json:

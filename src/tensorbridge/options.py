@@ -49,7 +49,7 @@ DATETIME_UNITS: Final = ("ns", "us", "ms", "s", "D")
 
 @dataclass(frozen=True)
 class InteropOptions:
-    """Choices that only leaves from other libraries need (see ``tensorbridge.interop``).
+    """Choices that only leaves from other libraries need (see ``tensorbridge.adapters``).
 
     Attributes:
         dense: densify sparse matrices and tensors instead of keeping their layout.

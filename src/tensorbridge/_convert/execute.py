@@ -151,7 +151,7 @@ def _to_numpy(t: torch.Tensor, step: Step, path: str) -> np.ndarray[Any, Any]:
 
 def _adopt(x: Leaf, step: Step, path: str) -> Leaf:
     # A deferred adoption does its data work now; a free one happened while planning (see
-    # tensorbridge.leaves) and the step carries its result.
+    # tensorbridge.pipeline.leaves) and the step carries its result.
     return step.arg.run() if isinstance(step.arg, Deferred) else step.arg
 
 

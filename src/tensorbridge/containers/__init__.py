@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 # Packages whose Mapping or sequence subclasses are arrays, not containers: SciPy's dok_array
-# subclasses dict, but it is a sparse matrix (see tensorbridge.interop.sparse).
+# subclasses dict, but it is a sparse matrix (see tensorbridge.adapters.sparse).
 _ARRAY_PACKAGES: Final = ("scipy.sparse",)
 
 

@@ -18,13 +18,13 @@ from typing import Any, Final
 from .._convert.execute import device_errors, run_plan, run_steps
 from .._convert.transfer import move
 from ..config import current
-from ..leaves import describe_leaf, is_leaf, plan_leaf_to_numpy, plan_leaf_to_tensor
 from ..options import ToNumpyOptions, ToTensorOptions
 from ..plan.core import Plan
 from ..plan.transfer import Transfer, assign_transfers
 from ..tree import Path, format_path, iter_leaves, map_leaves
 from . import cache
 from .kinds import INERT, Keyer, keyer_for, odd
+from .leaves import describe_leaf, is_leaf, plan_leaf_to_numpy, plan_leaf_to_tensor
 from .recipes import Recipe, bind, recipe_for, transfer_for
 
 __all__ = ["convert", "explain_plans", "prepare"]

@@ -37,7 +37,7 @@ from .detect import is_instance
 from .nested import _nested_to_numpy, _rebuild_nested
 
 # QuantizedArray is imported by name (not through the module): pickles made when it was defined
-# here name it tensorbridge.interop.layouts.QuantizedArray, and still load.
+# here name it tensorbridge.adapters.layouts.QuantizedArray, and still load.
 from .quantized import _CODES, _QDTYPES, QuantizedArray, _quantized_array_to_numpy, _quantized_to_numpy, _rebuilder
 
 __all__ = ["ADAPTER"]

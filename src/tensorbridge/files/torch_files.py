@@ -102,7 +102,7 @@ class _PT:
 
         Example:
             >>> import os, tempfile, torch
-            >>> from tensorbridge.io.torch_files import PT
+            >>> from tensorbridge.files.torch_files import PT
             >>> with tempfile.TemporaryDirectory() as tmp:
             ...     path = os.path.join(tmp, "ckpt.pt")
             ...     torch.save({"epoch": 3, "model": {"w": torch.ones(2, 3)}}, path)
@@ -149,8 +149,8 @@ class _PT:
 
         Example:
             >>> import os, tempfile, numpy as np, torch
-            >>> from tensorbridge.io.base import Entry
-            >>> from tensorbridge.io.torch_files import PT
+            >>> from tensorbridge.files.base import Entry
+            >>> from tensorbridge.files.torch_files import PT
             >>> w = np.arange(6, dtype=np.float32).reshape(2, 3)
             >>> entry = Entry("model.w", w.dtype, w.shape, lambda: w)
             >>> record = {"dict": [["model", {"dict": [["w", {"t": "model.w"}]]}], ["epoch", {"v": 3}]]}

@@ -96,7 +96,7 @@ class SafetensorsFormat:
 
         Example:
             >>> import os, tempfile, numpy as np
-            >>> from tensorbridge.io.base import Entry
+            >>> from tensorbridge.files.base import Entry
             >>> tmp = tempfile.TemporaryDirectory()
             >>> path = os.path.join(tmp.name, "w.safetensors")
             >>> w = np.arange(6, dtype=np.float32).reshape(2, 3)
@@ -140,7 +140,7 @@ class SafetensorsFormat:
 
         Example:
             >>> import os, tempfile, numpy as np
-            >>> from tensorbridge.io.base import Entry
+            >>> from tensorbridge.files.base import Entry
             >>> tmp = tempfile.TemporaryDirectory()
             >>> path = os.path.join(tmp.name, "z.safetensors")
             >>> z = np.array([1 + 2j], dtype=np.complex128)  # no safetensors code: stored as U8

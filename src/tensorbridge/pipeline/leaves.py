@@ -1,7 +1,7 @@
 """Which leaves convert, and the plan for each: NumPy and plain tensors directly, others adopted first.
 
 A leaf is a NumPy array or scalar, a tensor, or anything an adapter in
-:mod:`tensorbridge.interop` claims (buffers, DLPack and ``__array__`` producers, pandas, SciPy
+:mod:`tensorbridge.adapters` claims (buffers, DLPack and ``__array__`` producers, pandas, SciPy
 sparse, quantized and nested tensors...). An adopted leaf's plan starts with the adoption
 step (view or copy, and why), then continues with the ordinary plan of what adoption gave.
 """
@@ -15,11 +15,11 @@ from typing import Any, Final, TypeVar
 import numpy as np
 import torch
 
-from .dtype_map import leaf_dtype
-from .errors import ConversionError, CopyRefusedError, OutOfMemoryError, UnsupportedError
-from .interop import adapter_for
-from .interop.base import Adopted, Adoption
-from .plan import (
+from ..adapters import adapter_for
+from ..adapters.base import Adopted, Adoption
+from ..dtype_map import leaf_dtype
+from ..errors import ConversionError, CopyRefusedError, OutOfMemoryError, UnsupportedError
+from ..plan import (
     Plan,
     ToNumpyOptions,
     ToTensorOptions,
@@ -29,7 +29,7 @@ from .plan import (
     plan_to_numpy,
     plan_to_tensor,
 )
-from .plan.core import Deferred, Step, Then
+from ..plan.core import Deferred, Step, Then
 
 __all__ = ["describe_leaf", "is_leaf", "plan_leaf_to_numpy", "plan_leaf_to_tensor"]
 

@@ -177,7 +177,7 @@ class NpzFormat:
 
         Example:
             >>> import os, tempfile, numpy as np
-            >>> from tensorbridge.io.base import Entry
+            >>> from tensorbridge.files.base import Entry
             >>> tmp = tempfile.TemporaryDirectory()
             >>> path = os.path.join(tmp.name, "m.npz")
             >>> w, b = np.eye(2), np.zeros(2, np.float32)

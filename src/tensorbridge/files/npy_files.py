@@ -3,7 +3,7 @@
 **.npy** (:data:`NPY`) holds one array, read as one entry named ``data`` (``structure.ROOT_NAME``).
 The header is checked in layers, as NumPy's own ``_read_array_header`` does, but no size is
 trusted: the magic string; the version (1.0, 2.0 or 3.0); the header length against the bytes the
-file holds, :data:`~tensorbridge.io.base.MAX_HEADER_BYTES` and the 10,000 characters ``np.load``
+file holds, :data:`~tensorbridge.files.base.MAX_HEADER_BYTES` and the 10,000 characters ``np.load``
 parses without ``allow_pickle``; NumPy's literal-only parser (``np.lib.format.read_array_header_*``:
 a dict with exactly ``descr``, ``fortran_order`` and ``shape``); then no Python objects (nothing is
 ever unpickled), dimensions that are non-negative ints, and ``itemsize * prod(shape)`` within the
@@ -139,7 +139,7 @@ class NpyFormat:
 
         Example:
             >>> import os, tempfile, ml_dtypes, numpy as np
-            >>> from tensorbridge.io.base import Entry
+            >>> from tensorbridge.files.base import Entry
             >>> tmp = tempfile.TemporaryDirectory()
             >>> path = os.path.join(tmp.name, "w.npy")
             >>> w = np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16)

@@ -8,7 +8,7 @@ The layers, each bounding what the next may spend (as NumPy's ``_read_array_head
 2. the ``N`` bytes, read once, and an upper bound on the JSON values parsing them would create
    (``structure.json_values``, counted without parsing) within :data:`MAX_VALUES`; ``json.loads``
    spends about 60 bytes per value, so this caps the parse near 250 MB while admitting 32 values per
-   array at :data:`~tensorbridge.io.structure.MAX_ARRAYS` arrays (a tensor takes 11 plus one per
+   array at :data:`~tensorbridge.files.structure.MAX_ARRAYS` arrays (a tensor takes 11 plus one per
    dimension, tensorbridge's nesting record about 6 more);
 3. strict JSON: UTF-8, no NaN, no duplicate key anywhere, an object at the top;
 4. at most ``MAX_ARRAYS`` tensors (a valid header holds no more than ``N`` / 50 anyway: the

@@ -84,7 +84,7 @@ def read_archive(fmt: Format, path: str) -> Archive:
 
     Example:
         >>> import tempfile
-        >>> from tensorbridge.io import format_for
+        >>> from tensorbridge.files import format_for
         >>> path = os.path.join(tempfile.mkdtemp(), "cut.npy")
         >>> with open(path, "wb") as f:
         ...     _ = f.write(b"garbage")
@@ -238,7 +238,7 @@ def write_archive(
 
     Example:
         >>> import tempfile
-        >>> from tensorbridge.io.npy_files import NPY
+        >>> from tensorbridge.files.npy_files import NPY
         >>> dst = os.path.join(tempfile.mkdtemp(), "z.npy")
         >>> z = Entry("z", np.dtype("u1"), (2,), lambda: np.zeros(2, "u1"))
         >>> write_archive(dst, NPY, [z], None, {}, force=False)
