@@ -418,15 +418,155 @@ def test_the_tutorials_gpu_round_trip(gpu: FakeCuda) -> None:
 FAST_LAYOUTS = ["c", "fortran", "reversed", "step", "transpose", "readonly", "zero_d"]
 
 
+def _allocation(x: Any) -> int:
+    """Where the allocation that holds ``x`` starts (a device tensor, or a host array and its bases)."""
+    if isinstance(x, torch.Tensor):
+        return int(plain(x).untyped_storage().data_ptr())
+    while isinstance(x.base, np.ndarray):
+        x = x.base
+    if isinstance(x.base, torch.Tensor):  # an array made by Tensor.numpy(): the tensor's storage
+        return int(x.base.untyped_storage().data_ptr())
+    return int(x.ctypes.data) if x.base is None else id(x.base)
+
+
 def _partition(xs: list[Any]) -> list[int]:
-    """For each item, the index of the first item sharing its memory."""
-    ptrs = [
-        plain(x).untyped_storage().data_ptr()
-        if isinstance(x, torch.Tensor)
-        else np.byte_bounds(np.asarray(x.base if x.base is not None else x))[0]
-        for x in xs
-    ]
-    return [ptrs.index(p) for p in ptrs]
+    """For each item, the index of the first item sharing its allocation (an empty item: its own)."""
+    sizes = [x.numel() if isinstance(x, torch.Tensor) else x.size for x in xs]
+    owners = [_allocation(x) if size else ("empty", n) for n, (x, size) in enumerate(zip(xs, sizes, strict=True))]
+    return [owners.index(o) for o in owners]
+
+
+def _device_bits(t: torch.Tensor) -> bytes:
+    """``bits_of`` a copy with canonical strides (torch's own copy keeps odd strides of size-1 axes)."""
+    return bytes(bits_of(plain(t).clone(memory_format=torch.contiguous_format)))
+
+
+def _planned_partition(trs: list[Any]) -> list[int]:
+    """The same, as the plans say: packed leaves of one group together, every other leaf alone."""
+    keys = [("group", tr.group) if tr.route == "packed" else ("alone", n) for n, tr in enumerate(trs)]
+    return [keys.index(k) for k in keys]
+
+
+@given(
+    rows=st.lists(st.sampled_from(EXACT_ROWS), min_size=4, max_size=60),
+    layouts=st.lists(st.sampled_from(FAST_LAYOUTS), min_size=60, max_size=60),
+    shapes=st.lists(st.tuples(st.integers(0, 8), st.integers(1, 32)), min_size=60, max_size=60),
+    non_blocking=st.sampled_from([None, False, True]),
+)
+def test_packed_groups_are_exactly_the_planned_ones_both_ways(
+    rows: list[tb.dtypes.DtypeRow], layouts: list[str], shapes: list[tuple[int, int]], non_blocking: bool | None
+) -> None:
+    for fake in _installed(FakeCuda(devices=1, delay=0.0001)):
+        tb.configure_transfers(small_max_bytes=1024)  # up to 4 KiB: packed, or staged in one chunk
+        arrays = [make(row, shapes[i], layouts[i], i) for i, row in enumerate(rows)]
+        trs = [_route(p) for p in tb.explain(arrays, device="cuda").plans]
+        packed = {tr.group for tr in trs if tr.route == "packed"}
+        staged = [tr for tr in trs if tr.route == "staged"]
+        assert all(tr.chunks == 1 for tr in staged) and all(tr.route in ("packed", "staged", "direct") for tr in trs)
+        out = tb.to_tensor(arrays, device="cuda", non_blocking=non_blocking)
+        # One copy per packed group and per other leaf: staged ones here take one chunk,
+        # direct ones (empty leaves, too few small leaves) are torch's own copy.
+        assert fake.copies == len(packed) + len(staged)
+        assert fake.moves == len(trs) - len(staged) - sum(tr.route == "packed" for tr in trs)
+        if non_blocking:
+            fake.sync()
+        assert _partition(out) == _planned_partition(trs)
+        for row, a, t in zip(rows, arrays, out, strict=True):
+            assert isinstance(t, FakeCudaTensor) and t.dtype is row.torch
+            assert tuple(t.shape) == a.shape and _device_bits(t) == bits(np.asarray(a))
+        assert tb.transfer_stats().lent_bytes == 0
+
+        back_trs = [_route(p) for p in tb.explain(out, to="numpy").plans]
+        copies, moves = fake.copies, fake.moves
+        back = tb.to_numpy(out, non_blocking=non_blocking)
+        back_packed = {tr.group for tr in back_trs if tr.route == "packed"}
+        back_staged = sum(tr.route == "staged" for tr in back_trs)
+        assert fake.copies - copies == len(back_packed) + back_staged
+        assert fake.moves - moves == sum(tr.route == "direct" for tr in back_trs)
+        assert _partition(back) == _planned_partition(back_trs)
+        for a, b in zip(arrays, back, strict=True):
+            assert type(b) is np.ndarray and b.dtype == a.dtype and b.shape == a.shape
+            assert bits(b) == bits(np.asarray(a))
+        assert tb.transfer_stats().lent_bytes == 0
+
+
+def test_packed_runs_gather_odd_leaves_both_ways(gpu: FakeCuda) -> None:
+    # Host tensors and device tensors that are not plain C-ordered memory, in one packed group:
+    # strided, transposed, 0-d, lazily conjugated or negated, requiring grad, dtypes packed
+    # as integer bits, and runs of mixed dtypes of one element size.
+    z = torch.tensor([1 + 2j, 3 - 4j, 5 + 6j], dtype=torch.complex64)
+    base = torch.arange(24.0).reshape(4, 6)
+    host = {
+        "conj": z.conj(),
+        "neg": z.conj().imag,
+        "grad": base.clone().requires_grad_(True),
+        "t": base.T,
+        "cut": base[::2, 1::2],
+        "zero_d": torch.tensor(7, dtype=torch.int32),
+        "u16": torch.arange(5, dtype=torch.int32).to(torch.uint16),
+        "bf16": base[0].to(torch.bfloat16),
+        "i32": torch.arange(3, dtype=torch.int32),
+        "f32": torch.ones(3),
+    }
+    want = {k: v.detach().resolve_conj().resolve_neg().contiguous() for k, v in host.items()}
+    trs = {k: _route(p) for k, p in zip(host, tb.explain(host, device="cuda").plans, strict=True)}
+    assert {tr.route for tr in trs.values()} == {"packed"} and {tr.group for tr in trs.values()} == {0}
+    out = tb.to_tensor(host, device="cuda")
+    assert gpu.copies == 1 and len({_allocation(t) for t in out.values()}) == 1
+    for k, t in out.items():
+        assert t.dtype is want[k].dtype and t.shape == want[k].shape and bits_of(t) == bits_of(want[k]), k
+    on_device = {k: on_fake(v.detach()) for k, v in host.items()}
+    odd = {
+        "conj": on_device["conj"].conj(),
+        "neg": on_device["conj"].conj().imag,
+        "grad": on_fake(base).requires_grad_(True),
+        "t": on_fake(base).T,
+        "cut": on_fake(base)[::2, 1::2],
+        **{k: on_device[k] for k in ("zero_d", "u16", "bf16", "i32", "f32")},
+    }
+    copies = gpu.copies
+    back = tb.to_numpy(odd)
+    assert gpu.copies == copies + 1 and len({_allocation(a) for a in back.values()}) == 1
+    expect = {**want, "conj": z, "neg": z.imag}  # the device tensors were conjugated twice
+    for k, a in back.items():
+        assert a.shape == tuple(expect[k].shape) and bits(a) == bits_of(expect[k]), k
+    assert tb.transfer_stats().lent_bytes == 0
+
+
+def test_large_packed_groups_are_packed_by_several_host_threads() -> None:
+    fake = FakeCuda(devices=1, delay=0.0002)
+    for _ in _installed(fake):
+        # 64 KiB groups through 16 KiB pieces: each run is packed in parts, on host threads.
+        tb.configure_transfers(chunk_bytes=1 << 16, pinned_cap_bytes=1 << 18, small_max_bytes=8192, threads=4)
+        rng = np.random.default_rng(5)
+        arrays = [
+            rng.random((8, 64 + i % 3)).astype(np.float32) if i % 5 else rng.integers(0, 9, 700).astype(np.int64)
+            for i in range(60)
+        ]
+        trs = [_route(p) for p in tb.explain(arrays, device="cuda").plans]
+        assert {tr.route for tr in trs} == {"packed"} and max(tr.group_bytes for tr in trs) > 1 << 15
+        out = tb.to_tensor(arrays, device="cuda")
+        assert fake.copies == len({tr.group for tr in trs})
+        assert _partition(out) == _planned_partition(trs)
+        assert all(bits_of(t) == bits(a) for a, t in zip(arrays, out, strict=True))
+        back = tb.to_numpy(out)
+        assert all(bits(b) == bits(a) for a, b in zip(arrays, back, strict=True))
+        assert tb.transfer_stats().lent_bytes == 0
+
+
+def test_a_failing_packed_copy_returns_the_buffers_both_ways(gpu: FakeCuda) -> None:
+    arrays = {f"k{i}": np.full((3, 4), i, np.float32) for i in range(20)}
+    out = tb.to_tensor(arrays, device="cuda")
+    gpu.fail_copies = True
+    with pytest.raises(tb.DeviceError, match=r"data \(20 leaves packed together\)"):
+        tb.to_tensor(arrays, device="cuda")
+    assert tb.transfer_stats().lent_bytes == 0
+    with pytest.raises(tb.DeviceError, match=r"data \(20 leaves packed together\)"):
+        tb.to_numpy(out)
+    assert tb.transfer_stats().lent_bytes == 0
+    gpu.fail_copies = False
+    back = tb.to_numpy(out)
+    assert all(np.array_equal(back[k], a) for k, a in arrays.items())
 
 
 def test_device_leaves_of_exact_tensor_type_are_converted_together() -> None:

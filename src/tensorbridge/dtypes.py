@@ -9,6 +9,8 @@ tested automatically.
 from __future__ import annotations
 
 import builtins
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -29,6 +31,7 @@ __all__ = [
 
 
 _TorchDtype = torch.dtype  # the rows' field named ``torch`` hides the module inside the class
+_Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,36 @@ class DtypeRow:
     def torch_carrier(self) -> _TorchDtype | None:
         """The torch integer type matching ``carrier`` (same size), or None."""
         return None if self.carrier is None else TORCH_BITS[self.carrier.itemsize]
+
+    @functools.cached_property
+    def share_as_tensor(self) -> Callable[[np.ndarray[Any, Any]], _Tensor]:
+        """NumPy memory of this dtype as a tensor, bit-exact and zero-copy (the one carrier rule).
+
+        Example:
+            >>> import ml_dtypes, numpy as np
+            >>> row = row_for_numpy(np.dtype(ml_dtypes.bfloat16))
+            >>> row.share_as_tensor(np.ones(2, ml_dtypes.bfloat16)).tolist()
+            [1.0, 1.0]
+        """
+        if self.carrier is None:
+            return torch.from_numpy
+        carrier, dtype = self.carrier, self.torch
+        return lambda a: torch.from_numpy(a.view(carrier)).view(dtype)
+
+    @functools.cached_property
+    def share_as_array(self) -> Callable[[_Tensor], np.ndarray[Any, Any]]:
+        """A CPU tensor of this dtype as a NumPy array, bit-exact and zero-copy (the one carrier rule).
+
+        Example:
+            >>> import torch
+            >>> row_for_torch(torch.bfloat16).share_as_array(torch.ones(2, dtype=torch.bfloat16)).dtype.name
+            'bfloat16'
+        """
+        bits = self.torch_carrier
+        if bits is None:
+            return torch.Tensor.numpy
+        dtype = self.numpy
+        return lambda t: t.view(bits).numpy().view(dtype)
 
 
 # (canonical name, torch attribute, NumPy or ml_dtypes attribute, source of the NumPy type, exact)

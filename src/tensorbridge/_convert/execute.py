@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, Literal
 
@@ -66,9 +65,7 @@ def _numpy_cast(a: Leaf, step: Step, path: str) -> Leaf:
 
 
 def _view_as_tensor(a: np.ndarray[Any, Any], row: DtypeRow) -> torch.Tensor:
-    if row.carrier is not None:
-        return torch.from_numpy(a.view(row.carrier)).view(row.torch)
-    return torch.from_numpy(a)
+    return row.share_as_tensor(a)
 
 
 def _share(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
@@ -93,12 +90,23 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch_bits(t.dtype))
 
 
+class _Unflagged:
+    """The memory of a read-only array, described without its read-only flag (it keeps the array alive)."""
+
+    def __init__(self, a: np.ndarray[Any, Any]) -> None:
+        self.array = a
+        face = dict(a.__array_interface__)
+        face["data"] = (face["data"][0], False)
+        self.__array_interface__ = face
+
+
 def _share_readonly(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
-    # Sharing read-only memory is what copy=False asked for (or a copy follows at once);
-    # torch's warning about it would only repeat what the plan already says.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return _share(a, step, path)
+    # Sharing read-only memory is what copy=False asked for (or a copy follows at once). torch
+    # warns about it once per process, and a warning it gives here, even filtered, is spent:
+    # the caller's own torch.from_numpy of a read-only array would then never warn. So torch
+    # is shown the memory without the flag; the plan has already said it is read-only.
+    unflagged = np.asarray(_Unflagged(a)).view(a.dtype)  # ml_dtypes kinds come back as void: view restores
+    return _share(unflagged, step, path)
 
 
 def _cast(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
@@ -143,10 +151,7 @@ def _resolve_neg(t: torch.Tensor, step: Step, path: str) -> torch.Tensor:
 
 def _to_numpy(t: torch.Tensor, step: Step, path: str) -> np.ndarray[Any, Any]:
     row: DtypeRow = step.arg
-    bits = row.torch_carrier
-    if bits is not None:
-        return t.view(bits).numpy().view(row.numpy)
-    return t.numpy()
+    return row.share_as_array(t)
 
 
 def _adopt(x: Leaf, step: Step, path: str) -> Leaf:

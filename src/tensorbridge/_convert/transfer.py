@@ -10,6 +10,14 @@ through a ring of pinned buffers borrowed from the pool (``pinned.py``):
 - device to host: the copy into buffer k is queued while host threads drain buffers k-1,
   k-2... into the new host array, each thread waiting for its buffer's event first.
 
+A packed group is laid out by the planner (``pack_layout``: one run of back-to-back leaves per
+wire dtype) and packed one *run* at a time, never leaf by leaf: per-leaf Python calls cost
+more than the copies of small leaves. On the sending side one ``torch.stack`` (leaves of one
+shape) or one flatten (mixed shapes) per run of one dtype writes the run's bytes into place:
+into the pinned buffer on the host for uploads, into one device buffer for downloads, where it
+also gathers strided or lazily conjugated leaves. On the receiving side ``unbind``/``split``
+cut each run into per-leaf views of the group's one allocation.
+
 All copies run on the current stream of the device, so later work on that stream sees the
 data without any synchronization. Buffers go back to the pool with the event of their last
 copy, so a ``non_blocking=True`` upload can return while its last chunks are on the wire.
@@ -30,11 +38,11 @@ import torch
 
 from ..config import TransferConfig, current
 from ..devices import Backend, Event, backend_for
-from ..plan.transfer import Transfer, pack_groups, pack_layout, wire_dtype
+from ..plan.transfer import Transfer, pack_layout, wire_dtype
 from .blocks import blocks
 from .pinned import POOL
 
-__all__ = ["download_packed", "move", "upload_packed"]
+__all__ = ["move"]
 
 # Fills and drains smaller than this (or than half a chunk) run on the calling thread: a
 # thread hop costs more than copying them.
@@ -51,14 +59,29 @@ class _Job:
 
     ``host`` lists (offset in the staging buffer, host array): the arrays to gather from
     (host to device) or the flat byte arrays to scatter into (device to host), in order.
-    ``dev`` is the device byte range on the other side of the copy.
+    ``runs`` (host to device, a packed group): the group's runs, packed into the staging
+    buffer at their offsets. ``dev`` is the device byte range on the other side of the copy.
     """
 
     nbytes: int
     dev: torch.Tensor
     host: list[tuple[int, np.ndarray[Any, Any]]] = field(default_factory=list)
-    # Host to device only: runs of flat byte arrays gathered back to back at an offset.
-    runs: list[tuple[int, list[np.ndarray[Any, Any]]]] = field(default_factory=list)
+    runs: list[_Run] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """Leaves of one dtype that sit back to back in a packed group: ``nbytes`` at ``offset``.
+
+    ``shape`` is the leaves' one shape, or None when their shapes differ.
+    """
+
+    offset: int
+    nbytes: int
+    dtype: torch.dtype
+    leaves: list[torch.Tensor]
+    shape: torch.Size | None
+    slots: list[int]
 
 
 # --- the shared thread pool -------------------------------------------------------------------
@@ -125,6 +148,89 @@ def _as_c_bytes(buf: np.ndarray[Any, Any], off: int, like: np.ndarray[Any, Any])
     return region
 
 
+# --- packed groups: one kernel per run -------------------------------------------------------
+
+# dtypes whose cat/stack kernels exist on every device; others are packed as integer bits.
+_CAT_DTYPES: Final = frozenset(
+    {
+        torch.bool,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.complex64,
+        torch.complex128,
+    }
+)
+
+
+# torch's flatten (the one DDP uses): ``contiguous().view(-1)`` per leaf and one cat, all in C++.
+_flatten: Final[Callable[[list[torch.Tensor]], torch.Tensor]] = torch._utils._flatten_dense_tensors
+
+
+def _layout(items: Sequence[tuple[torch.Tensor, Transfer]], members: list[int]) -> tuple[int, list[_Run]]:
+    """One packed group's size and its runs: :func:`pack_layout` over the planned copies.
+
+    A run is a stretch of consecutive leaves of one wire run (see ``pack_layout``) that also
+    share their exact dtype, so one kernel packs it and one call cuts it into views.
+    """
+    offsets, total = pack_layout([(items[n][1].dtype, items[n][1].nbytes) for n in members])
+    runs: list[_Run] = []
+    last: dict[torch.dtype, _Run] = {}  # wire dtype -> its run being extended
+    for off, n in zip(offsets, members, strict=True):
+        t, tr = items[n]
+        run = last.get(tr.dtype)
+        if run is None or t.dtype != run.dtype:
+            run = last[tr.dtype] = _Run(off, 0, t.dtype, [], t.shape, [])
+            runs.append(run)
+        elif run.shape is not None and t.shape != run.shape:
+            run.shape = None
+        run.leaves.append(t)
+        run.slots.append(n)
+        run.nbytes += tr.nbytes
+    return total, runs
+
+
+def _pack(dst: torch.Tensor, run: _Run) -> None:
+    """Write ``run``'s leaves back to back into ``dst`` (bytes) at its offset, in one kernel.
+
+    The kernel gathers strided leaves and applies lazy conjugate/negative bits. ``dst`` is the
+    pinned staging buffer (host to device) or the group's device buffer (device to host).
+    """
+    leaves = run.leaves
+    dtype = run.dtype
+    if dtype not in _CAT_DTYPES:  # as same-size integers: every device has those kernels
+        dtype = wire_dtype(dtype)
+        leaves = [_resolved(t).view(dtype) for t in leaves]
+    typed = dst[run.offset : run.offset + run.nbytes].view(dtype)
+    with torch.no_grad():  # thread-local: packing may run on a host thread
+        if run.shape is not None:
+            torch.stack(leaves, out=typed.view(len(leaves), *run.shape))
+            return
+        flat = _flatten(leaves)
+        if flat.numel() != typed.numel():
+            raise AssertionError(f"a packed run of {typed.numel()} elements got {flat.numel()}")
+        typed.copy_(flat)
+
+
+def _unpack(whole: torch.Tensor, run: _Run, slots: list[torch.Tensor | None]) -> None:
+    """Cut ``run`` out of ``whole`` (the group's bytes) into one view per leaf, in its slots."""
+    typed = whole[run.offset : run.offset + run.nbytes].view(run.dtype)
+    views: Sequence[torch.Tensor]
+    if run.shape is not None:
+        views = typed.view(len(run.leaves), *run.shape).unbind(0)
+    else:
+        parts = torch.split(typed, [t.numel() for t in run.leaves])
+        views = [p if t.dim() == 1 else p.view(t.shape) for p, t in zip(parts, run.leaves, strict=True)]
+    for n, v in zip(run.slots, views, strict=True):
+        slots[n] = v
+
+
 # --- host to device ---------------------------------------------------------------------------
 
 
@@ -158,23 +264,21 @@ def _upload_jobs(
         if blocks:
             jobs.append(_Job(size, dev[start : start + size], blocks))
     for members in groups.values():
-        hosts = [_host_bits(items[n][0]) for n in members]
-        offsets, total = pack_layout(
-            [(wire_dtype(items[n][0].dtype), h.nbytes) for n, h in zip(members, hosts, strict=True)]
-        )
+        total, runs = _layout(items, members)
         dev = backend.empty(total, items[members[0]][1].device)
-        jobs.append(_Job(total, dev, list(zip(offsets, hosts, strict=True))))
-        for n, off, h in zip(members, offsets, hosts, strict=True):
-            t = items[n][0]
-            slots[n] = dev[off : off + h.nbytes].view(t.dtype).view(t.shape)
+        jobs.append(_Job(total, dev, runs=runs))
+        for run in runs:  # the results: views of the group's device allocation
+            _unpack(dev, run, slots)
     for s in slots:
         assert s is not None
         results.append(s)
     return jobs, results
 
 
-def _fill_tasks(job: _Job, staging: np.ndarray[Any, Any], cfg: TransferConfig) -> list[Callable[[], None]]:
-    """The host copies that fill ``staging`` for ``job``, in pieces for the host threads."""
+def _fill_tasks(
+    job: _Job, staging: np.ndarray[Any, Any], pinned: torch.Tensor, cfg: TransferConfig
+) -> list[Callable[[], None]]:
+    """The host copies that fill ``staging`` (``pinned`` as a tensor) for ``job``, in pieces for the host threads."""
     piece = _piece(cfg)
     tasks: list[Callable[[], None]] = []
     batch: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
@@ -188,26 +292,31 @@ def _fill_tasks(job: _Job, staging: np.ndarray[Any, Any], cfg: TransferConfig) -
                 batch, size = [], 0
     if batch:
         tasks.append(_copier(batch))
-    for off, parts in job.runs:
-        # Consecutive parts are gathered by one host thread, up to a piece's worth each.
-        start, end = off, off
-        group: list[np.ndarray[Any, Any]] = []
-        for part in parts:
-            if group and end - start + part.size > piece:
-                tasks.append(_gatherer(staging[start:end], group))
-                start, group = end, []
-            group.append(part)
-            end += part.size
-        if group:
-            tasks.append(_gatherer(staging[start:end], group))
+    if job.nbytes <= piece or cfg.threads == 1:
+        tasks.extend(_packer(pinned, run) for run in job.runs)
+        return tasks
+    for run in job.runs:
+        # A large run is packed by several host threads, consecutive leaves up to a piece each.
+        start, end, first = run.offset, run.offset, 0
+        for k, t in enumerate(run.leaves):
+            size = t.numel() * t.element_size()
+            if k > first and end - start + size > piece:
+                tasks.append(_packer(pinned, _part(run, start, end, first, k)))
+                start, first = end, k
+            end += size
+        tasks.append(_packer(pinned, _part(run, start, end, first, len(run.leaves))))
     return tasks
 
 
-def _gatherer(dst: np.ndarray[Any, Any], parts: list[np.ndarray[Any, Any]]) -> Callable[[], None]:
-    def run() -> None:
-        np.concatenate(parts, out=dst)
+def _part(run: _Run, start: int, end: int, first: int, stop: int) -> _Run:
+    return _Run(start, end - start, run.dtype, run.leaves[first:stop], run.shape, run.slots[first:stop])
 
-    return run
+
+def _packer(dst: torch.Tensor, run: _Run) -> Callable[[], None]:
+    def task() -> None:
+        _pack(dst, run)
+
+    return task
 
 
 def _pieces(off: int, src: np.ndarray[Any, Any], piece: int) -> Iterator[tuple[int, np.ndarray[Any, Any]]]:
@@ -293,7 +402,8 @@ def _run_uploads(jobs: list[_Job], backend: Backend, device: torch.device, cfg: 
                 else:
                     event.synchronize()  # the buffer's last copy has left it
                     break
-            ring.work[slot] = _submit(_fill_tasks(job, ring.views[slot], cfg), job.nbytes, cfg)
+            tasks = _fill_tasks(job, ring.views[slot], ring.bufs[slot], cfg)
+            ring.work[slot] = _submit(tasks, job.nbytes, cfg)
             pending.append(j)
         while pending:
             issue(pending.popleft())
@@ -333,24 +443,15 @@ def _download_jobs(
             chunk = host[start : start + cfg.chunk_bytes]
             jobs.append(_Job(chunk.size, flat[start : start + chunk.size], [(0, chunk)]))
     for members in groups.values():
-        tensors = [_resolved(items[n][0]) for n in members]
-        wires = [wire_dtype(t.dtype) for t in tensors]
-        offsets, total = pack_layout([(w, t.numel() * t.element_size()) for w, t in zip(wires, tensors, strict=True)])
+        total, runs = _layout(items, members)
         dev = backend.empty(total, items[members[0]][1].source)
-        runs: dict[torch.dtype, list[int]] = {}
-        for k, w in enumerate(wires):
-            runs.setdefault(w, []).append(k)
-        for w, ks in runs.items():
-            start = offsets[ks[0]]
-            end = offsets[ks[-1]] + tensors[ks[-1]].numel() * tensors[ks[-1]].element_size()
-            # One kernel packs every leaf of one element size, as integers of that size.
-            torch.cat([tensors[k].view(w).reshape(-1) for k in ks], out=dev[start:end].view(w))
+        for run in runs:  # packed on the device, one kernel per run
+            _pack(dev, run)
         host = _host_bytes(total)
         jobs.append(_Job(total, dev, [(0, host)]))
-        for k, n in enumerate(members):
-            t = tensors[k]
-            nbytes = t.numel() * t.element_size()
-            slots[n] = torch.from_numpy(host[offsets[k] : offsets[k] + nbytes]).view(t.dtype).view(t.shape)
+        whole = torch.from_numpy(host)
+        for run in runs:  # the results: views of the group's host allocation
+            _unpack(whole, run, slots)
     results = [s for s in slots if s is not None]
     assert len(results) == len(items)
     return jobs, results
@@ -415,14 +516,14 @@ def move(items: Sequence[tuple[torch.Tensor, Transfer]], non_blocking: bool | No
         batches.setdefault((tr.direction, tr.device if tr.direction != "d2h" else tr.source), []).append(n)
     for (direction, device), members in batches.items():
         backend = backend_for(device.type)
-        staged = [n for n in members if items[n][1].route in ("staged", "packed")]
+        wait = direction == "d2h" or non_blocking is False
+        staged: list[int] = []  # through the engine
         for n in members:
             t, tr = items[n]
-            if n in staged:
-                continue
-            wait = direction == "d2h" or non_blocking is False
-            moved = _direct(t, tr, backend, non_blocking=not wait)
-            results[n] = moved
+            if tr.route == "staged" or tr.route == "packed":
+                staged.append(n)
+            else:
+                results[n] = _direct(t, tr, backend, non_blocking=not wait)
         if staged:
             assert backend is not None
             sub = [items[n] for n in staged]
@@ -445,156 +546,3 @@ def _direct(t: torch.Tensor, tr: Transfer, backend: Backend | None, *, non_block
     if backend is None:
         return t.detach().to(tr.device, non_blocking=non_blocking)
     return backend.move(t.detach(), tr.device, non_blocking)
-
-
-# --- packed batches without plans (see _fastpath.py) ------------------------------------------
-#
-# Per-leaf Python calls cost more than the copies of small leaves, so a packed group is
-# handled one dtype run at a time: one np.concatenate fills a run's bytes on the host, one
-# torch.stack/cat packs it on the device, and unbind/split cut it into per-leaf views in C++.
-
-# dtypes whose cat/stack kernels exist on every device; others are packed as integer bits.
-_CAT_DTYPES: Final = frozenset(
-    {
-        torch.bool,
-        torch.uint8,
-        torch.int8,
-        torch.int16,
-        torch.int32,
-        torch.int64,
-        torch.float16,
-        torch.bfloat16,
-        torch.float32,
-        torch.float64,
-        torch.complex64,
-        torch.complex128,
-    }
-)
-
-
-def _runs(group: list[int], wires: Sequence[torch.dtype]) -> dict[torch.dtype, list[int]]:
-    runs: dict[torch.dtype, list[int]] = {}
-    for k in group:
-        runs.setdefault(wires[k], []).append(k)
-    return runs
-
-
-def _split(run: torch.Tensor, shapes: list[torch.Size], numels: list[int]) -> Sequence[torch.Tensor]:
-    """Cut a typed 1-D run into per-leaf views of the given shapes, in as few calls as possible."""
-    first = shapes[0]
-    if all(shape == first for shape in shapes):
-        return run.view(len(shapes), *first).unbind(0)
-    parts = torch.split(run, numels)
-    return [p if len(shape) == 1 else p.view(shape) for p, shape in zip(parts, shapes, strict=True)]
-
-
-def _c_bytes(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """The bytes of ``a`` in C order: a view when ``a`` is C-contiguous, else a copy."""
-    flat: np.ndarray[Any, Any] = (a if a.flags.c_contiguous else np.ascontiguousarray(a)).reshape(-1)
-    return flat.view(np.uint8)
-
-
-def upload_packed(
-    arrays: Sequence[np.ndarray[Any, Any]],
-    dtypes: Sequence[torch.dtype],
-    device: torch.device,
-    backend: Backend,
-    non_blocking: bool | None,
-) -> list[torch.Tensor]:
-    """Small native-order host arrays to ``device``, packed as the planner packs them.
-
-    The groups and offsets are those of :func:`~tensorbridge.plan.transfer.pack_groups` and
-    :func:`~tensorbridge.plan.transfer.pack_layout` over the same leaves, so ``explain()``
-    describes what this does. Each result is C-contiguous, a view of its group's allocation.
-    """
-    cfg = current()
-    wires = [wire_dtype(d) for d in dtypes]
-    members = [(w, a.nbytes) for w, a in zip(wires, arrays, strict=True)]
-    jobs: list[_Job] = []
-    results: list[torch.Tensor | None] = [None] * len(arrays)
-    for group in pack_groups(members, cfg.chunk_bytes):
-        offsets, total = pack_layout([members[k] for k in group])
-        where = dict(zip(group, offsets, strict=True))
-        dev = backend.empty(total, device)
-        job = _Job(total, dev)
-        for ks in _runs(group, wires).values():
-            start = where[ks[0]]
-            size = sum(members[k][1] for k in ks)
-            # C-order bytes of each leaf (a view when the leaf is C-contiguous), one copy per run.
-            job.runs.append((start, [_c_bytes(arrays[k]) for k in ks]))
-            kinds = {dtypes[k] for k in ks}
-            if len(kinds) == 1:
-                typed = dev[start : start + size].view(dtypes[ks[0]])
-                views = _split(typed, [torch.Size(arrays[k].shape) for k in ks], [arrays[k].size for k in ks])
-                for k, v in zip(ks, views, strict=True):
-                    results[k] = v
-            else:
-                for k in ks:
-                    a = arrays[k]
-                    results[k] = dev[where[k] : where[k] + a.nbytes].view(dtypes[k]).view(a.shape)
-        jobs.append(job)
-    _run_uploads(jobs, backend, device, cfg)
-    if non_blocking is not True:
-        backend.record(device).synchronize()
-    done = [r for r in results if r is not None]
-    assert len(done) == len(arrays)
-    return done
-
-
-def download_packed(
-    tensors: Sequence[torch.Tensor], dtypes: Sequence[np.dtype[Any]], device: torch.device, backend: Backend
-) -> list[np.ndarray[Any, Any]]:
-    """Small contiguous device tensors to new host arrays, packed as the planner packs them.
-
-    The arrays of one group are views of one host allocation.
-    """
-    cfg = current()
-    wires = [wire_dtype(t.dtype) for t in tensors]
-    members = [(w, t.numel() * t.element_size()) for w, t in zip(wires, tensors, strict=True)]
-    jobs: list[_Job] = []
-    unpack: list[tuple[np.ndarray[Any, Any], list[int], list[int]]] = []
-    for group in pack_groups(members, cfg.chunk_bytes):
-        offsets, total = pack_layout([members[k] for k in group])
-        where = dict(zip(group, offsets, strict=True))
-        dev = backend.empty(total, device)
-        for ks in _runs(group, wires).values():
-            start = where[ks[0]]
-            size = sum(members[k][1] for k in ks)
-            run = [tensors[k] for k in ks]
-            kind = run[0].dtype
-            if kind in _CAT_DTYPES and all(t.dtype == kind for t in run):
-                shape = run[0].shape
-                if all(t.shape == shape for t in run):
-                    torch.stack(run, out=dev[start : start + size].view(kind).view(len(run), *shape))
-                else:
-                    torch.cat([t.view(-1) for t in run], out=dev[start : start + size].view(kind))
-            else:
-                # One kernel packs every leaf of one element size, as integers of that size.
-                w = wires[ks[0]]
-                torch.cat([t.view(w).view(-1) for t in run], out=dev[start : start + size].view(w))
-        host = _host_bytes(total)
-        jobs.append(_Job(total, dev, [(0, host)]))
-        unpack.append((host, group, offsets))
-    _run_downloads(jobs, backend, device, cfg)
-    out: list[np.ndarray[Any, Any] | None] = [None] * len(tensors)
-    for host, group, offsets in unpack:
-        where = dict(zip(group, offsets, strict=True))
-        for ks in _runs(group, wires).values():
-            first = tensors[ks[0]]
-            if all(dtypes[k] == dtypes[ks[0]] and tensors[k].shape == first.shape for k in ks):
-                start = where[ks[0]]
-                size = len(ks) * members[ks[0]][1]
-                rows = host[start : start + size].view(dtypes[ks[0]]).reshape(len(ks), *first.shape)
-                if first.dim():
-                    for k, row in zip(ks, rows, strict=True):
-                        out[k] = row
-                else:  # iterating would give NumPy scalars, not 0-d arrays
-                    for j, k in enumerate(ks):
-                        out[k] = rows[j, ...]
-            else:
-                for k in ks:
-                    dims = tuple(tensors[k].shape)
-                    out[k] = host[where[k] : where[k] + members[k][1]].view(dtypes[k]).reshape(dims)
-    done = [a for a in out if a is not None]
-    assert len(done) == len(tensors)
-    return done

@@ -60,9 +60,7 @@ def _component_to_numpy(c: torch.Tensor, opts: ToNumpyOptions, path: str) -> tup
 
 
 def _bits_as_numpy(c: torch.Tensor, row: DtypeRow) -> np.ndarray[Any, Any]:
-    if row.carrier is not None:  # ml_dtypes kinds travel as same-size integers, bit-exact
-        return c.view(torch.int16 if row.carrier.itemsize == 2 else torch.uint8).numpy().view(row.numpy)
-    return c.numpy()
+    return row.share_as_array(c)
 
 
 def _component_copies(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> list[str]:
@@ -282,6 +280,4 @@ def _component_tensor(a: np.ndarray[Any, Any], row: DtypeRow, path: str) -> torc
     if min(a.strides, default=0) < 0:
         a = np.ascontiguousarray(a)
     with _torch_notices_muted():  # a read-only array is only read: nested_tensor copies it
-        if row.carrier is not None:
-            return torch.from_numpy(a.view(row.carrier)).view(row.torch)
-        return torch.from_numpy(a)
+        return row.share_as_tensor(a)

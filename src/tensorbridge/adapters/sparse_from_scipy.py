@@ -126,8 +126,7 @@ def _tensor_of(a: _Array, copied: bool) -> torch.Tensor:
     row = row_for_numpy(a.dtype)
     assert row is not None  # values were checked against the table, indices are int32/int64
     with _quiet():
-        t = torch.from_numpy(a if row.carrier is None else a.view(row.carrier))
-    return t if row.carrier is None else t.view(row.torch)
+        return row.share_as_tensor(a)
 
 
 def _one_array(coords: tuple[_Array, ...]) -> _Array | None:

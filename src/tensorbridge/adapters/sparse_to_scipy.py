@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .._convert.cast import cast_array
-from ..dtypes import is_ml_dtype, row_for_numpy, row_for_torch
+from ..dtypes import is_ml_dtype, row_for_torch
 from ..errors import UnsupportedError
 from ..plan.core import ToNumpyOptions
 from ._sparse_common import (
@@ -163,8 +163,7 @@ def _tensor_to_numpy(t: torch.Tensor, opts: ToNumpyOptions, path: str) -> Adopti
             v = v.resolve_conj().resolve_neg()
         if widen:
             v = v.to(torch.complex64)
-        carrier = None if row.carrier is None else row_for_numpy(row.carrier)
-        data: _Array = v.numpy() if carrier is None else v.view(carrier.torch).numpy().view(row.numpy)
+        data: _Array = row.share_as_array(v)
         if target is not None and cast:
             data = cast_array(data, target, path)
         if copy_data:

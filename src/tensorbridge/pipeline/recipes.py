@@ -80,26 +80,16 @@ def _fused(steps: tuple[Step, ...], leaf: Any) -> Run | None:
         # layout without overlap. Byte order becomes native.
         native = leaf.dtype.newbyteorder("=")
         copied: DtypeRow = steps[1].arg
-        if copied.carrier is None:
-            return lambda a: torch.from_numpy(a.astype(native, order="K"))
-        carrier, tdt = copied.carrier, copied.torch
-        return lambda a: torch.from_numpy(a.astype(native, order="K").view(carrier)).view(tdt)
+        share = copied.share_as_tensor
+        return lambda a: share(a.astype(native, order="K"))
     if kinds == ("share",):
         row: DtypeRow = steps[0].arg
-        if row.carrier is None:
-            return torch.from_numpy
-        carrier, dtype = row.carrier, row.torch
-        return lambda a: torch.from_numpy(a.view(carrier)).view(dtype)
-    if kinds in (("to_numpy",), ("detach", "to_numpy")):
-        row = steps[-1].arg
-        detach = kinds[0] == "detach"
-        if row.carrier is None:
-            return (lambda t: t.detach().numpy()) if detach else torch.Tensor.numpy
-        bits = row.torch_carrier
-        np_dtype = row.numpy
-        if detach:
-            return lambda t: t.detach().view(bits).numpy().view(np_dtype)
-        return lambda t: t.view(bits).numpy().view(np_dtype)
+        return row.share_as_tensor
+    if kinds == ("to_numpy",):
+        return steps[0].arg.share_as_array  # type: ignore[no-any-return]
+    if kinds == ("detach", "to_numpy"):
+        view = steps[1].arg.share_as_array
+        return lambda t: view(t.detach())
     return None
 
 
