@@ -138,6 +138,41 @@ DEFAULT_TENSOR: Final[ToTensorOptions] = _intern(ToTensorOptions())
 DEFAULT_NUMPY: Final[ToNumpyOptions] = _intern(ToNumpyOptions())
 
 
+# --- the options a call spelled, mapped to their normalized object -------------------------
+#
+# A training loop passes the same arguments every step (device="cuda", dtype=torch.float32):
+# they are validated the first time, then found. The key holds each argument's type as well as
+# its value, since 1 == True == 1.0 in Python. Unhashable arguments (a dtype mapping) are
+# validated every time; failures are never remembered.
+
+_RAW: dict[tuple[Any, ...], Any] = {}
+
+
+def _raw_key(raw: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (*raw, *map(type, raw))
+
+
+def _remembered(raw: tuple[Any, ...]) -> Any:
+    try:
+        return _RAW.get(_raw_key(raw))
+    except TypeError:  # unhashable: validated every time
+        return None
+
+
+def _remember(raw: tuple[Any, ...], opts: Any) -> None:
+    if opts.token < 0:
+        return
+    try:
+        key = _raw_key(raw)
+        hash(key)
+    except TypeError:
+        return
+    with _LOCK:
+        if len(_RAW) >= _MAX_INTERNED:
+            _RAW.clear()
+        _RAW[key] = opts
+
+
 # --- validation -----------------------------------------------------------------------------
 
 
@@ -269,10 +304,15 @@ def tensor_options(
         and datetime_unit is None
     ):
         return DEFAULT_TENSOR
+    raw = ("to_tensor", dtype, device, copy, requires_grad, pin_memory, non_blocking, dense, na_value, datetime_unit)
+    found = _remembered(raw)
+    if found is not None:
+        return found  # type: ignore[no-any-return]
     interop = normalize_interop("to_tensor", dense, None, na_value, datetime_unit)
     opts: ToTensorOptions = _intern(
         normalize_to_tensor(dtype, device, copy, requires_grad, pin_memory, interop, non_blocking)
     )
+    _remember(raw, opts)
     return opts
 
 
@@ -301,6 +341,11 @@ def numpy_options(
         and datetime_unit is None
     ):
         return DEFAULT_NUMPY
+    raw = ("to_numpy", dtype, copy, non_blocking, dense, quantized, na_value, datetime_unit)
+    found = _remembered(raw)
+    if found is not None:
+        return found  # type: ignore[no-any-return]
     interop = normalize_interop("to_numpy", dense, quantized, na_value, datetime_unit)
     opts: ToNumpyOptions = _intern(normalize_to_numpy(dtype, copy, interop, non_blocking))
+    _remember(raw, opts)
     return opts

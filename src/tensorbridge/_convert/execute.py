@@ -97,6 +97,9 @@ class _Unflagged:
         self.array = a
         face = dict(a.__array_interface__)
         face["data"] = (face["data"][0], False)
+        # As raw bytes of the item size (ml_dtypes kinds have typestrs NumPy cannot parse back).
+        face["typestr"] = f"|V{a.dtype.itemsize}"
+        face.pop("descr", None)
         self.__array_interface__ = face
 
 
@@ -105,7 +108,7 @@ def _share_readonly(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Ten
     # warns about it once per process, and a warning it gives here, even filtered, is spent:
     # the caller's own torch.from_numpy of a read-only array would then never warn. So torch
     # is shown the memory without the flag; the plan has already said it is read-only.
-    unflagged = np.asarray(_Unflagged(a)).view(a.dtype)  # ml_dtypes kinds come back as void: view restores
+    unflagged = np.asarray(_Unflagged(a)).view(a.dtype)
     return _share(unflagged, step, path)
 
 

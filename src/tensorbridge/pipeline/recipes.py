@@ -152,7 +152,7 @@ def _moved_elements(leaf: Any, compacted: bool) -> int:
         return int(leaf.numel())
     if compacted:
         return math.prod(1 if st == 0 else n for st, n in zip(leaf.strides, leaf.shape, strict=True))
-    return int(np.size(leaf))
+    return int(leaf.size)  # arrays and NumPy scalars
 
 
 def transfer_for(recipe: Recipe, leaf: Any, cfg: TransferConfig) -> Transfer | None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from .._convert.execute import device_errors, run_plan, run_steps
+from .._convert.execute import device_error, run_plan, run_steps
 from .._convert.transfer import move
 from ..config import current
+from ..errors import ConversionError
 from ..options import ToNumpyOptions, ToTensorOptions
 from ..plan.core import Plan
 from ..plan.transfer import Transfer, assign_transfers
@@ -234,17 +235,12 @@ def _together(data: Any, opts: Options) -> Any:
     moving = [n for n, tr in enumerate(trs) if tr is not None]
     if moving:
         items: list[tuple[Any, Transfer]] = [(mids[n], trs[n]) for n in moving]  # type: ignore[misc]
-        first = items[0][1]
-        label = format_path(leaves[moving[0]][0])
-        if len(moving) > 1:
-            packed = all(tr.route == "packed" for _, tr in items)
-            label = (
-                f"data ({len(moving)} leaves packed together)"
-                if packed
-                else f"{label} and {len(moving) - 1} more leaves"
-            )
-        with device_errors(label, sum(tr.nbytes for _, tr in items), first.source, first.device):
+        try:
             moved = move(items, opts.non_blocking)
+        except ConversionError:
+            raise
+        except (MemoryError, RuntimeError, TypeError, ValueError, AssertionError) as err:
+            raise _copy_failed(err, items, format_path(leaves[moving[0]][0])) from err
         for n, out in zip(moving, moved, strict=True):
             mids[n] = out
     results = []
@@ -252,6 +248,15 @@ def _together(data: Any, opts: Options) -> Any:
         results.append(mid if recipe is None or recipe.cut < 0 else _after(recipe, mid, x, opts, path))
     it = iter(results)
     return map_leaves(lambda v, p: next(it) if is_leaf(v) else v, data)
+
+
+def _copy_failed(err: Exception, items: list[tuple[Any, Transfer]], first: str) -> ConversionError:
+    """The error for a failed device copy, naming the leaf, or how many travelled together."""
+    if len(items) > 1:
+        packed = all(tr.route == "packed" for _, tr in items)
+        first = f"data ({len(items)} leaves packed together)" if packed else f"{first} and {len(items) - 1} more leaves"
+    tr = items[0][1]
+    return device_error(err, first, sum(t.nbytes for _, t in items), tr.source, tr.device)
 
 
 def _before(recipe: Recipe, x: Any, opts: Options, path: Path) -> Any:

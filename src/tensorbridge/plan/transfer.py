@@ -65,9 +65,12 @@ def wire_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype.itemsize == 16 else torch_bits(dtype)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Transfer:
-    """One leaf's copy between host and device, as planned.
+    """One leaf's copy between host and device, as planned (never modified: :meth:`routed` makes a new one).
+
+    Not frozen: a call with many small leaves makes one per leaf, and a frozen dataclass costs
+    ~1 us to build.
 
     Attributes:
         device: where the data goes (``cpu`` for device-to-host).
@@ -93,6 +96,22 @@ class Transfer:
     dtype: torch.dtype = torch.uint8
     host_check: Callable[[Any], bool] | None = field(default=None, compare=False, repr=False)
     """Asks whether a leaf's host memory is page-locked (None: never asked); kept for leaves of the same kind."""
+
+    def routed(self, route: Route, group: int = -1, group_leaves: int = 0, group_bytes: int = 0) -> Transfer:
+        """This copy with its route (and packed group) decided."""
+        return Transfer(
+            self.device,
+            self.source,
+            self.direction,
+            self.nbytes,
+            route,
+            self.chunks,
+            group,
+            group_leaves,
+            group_bytes,
+            self.dtype,
+            self.host_check,
+        )
 
     def describe(self, cfg: TransferConfig) -> str:
         """Say how this copy travels, for ``explain()``."""
@@ -230,15 +249,13 @@ def assign_transfers(transfers: Sequence[Transfer | None], cfg: TransferConfig) 
     for members in small.values():
         if len(members) < cfg.pack_min_leaves:
             for n in members:
-                out[n] = dataclasses.replace(transfers[n], route="direct")  # type: ignore[type-var]
+                out[n] = transfers[n].routed("direct")  # type: ignore[union-attr]
             continue
         trs: list[Transfer] = [transfers[n] for n in members]  # type: ignore[misc]
         for chunk in pack_groups([(t.dtype, t.nbytes) for t in trs], cfg.chunk_bytes):
             _, total = pack_layout([(trs[k].dtype, trs[k].nbytes) for k in chunk])
             for k in chunk:
-                out[members[k]] = dataclasses.replace(
-                    trs[k], route="packed", group=group, group_leaves=len(chunk), group_bytes=total
-                )
+                out[members[k]] = trs[k].routed("packed", group, len(chunk), total)
             group += 1
     return out
 
@@ -378,7 +395,9 @@ def route_transfer(
         staging=staging,
         cfg=cfg,
     )
-    return tr if host_check is None else dataclasses.replace(tr, host_check=host_check)
+    if host_check is not None:
+        tr.host_check = host_check  # a Transfer just made here, not yet seen by anyone
+    return tr
 
 
 def transfer_step(
