@@ -20,6 +20,7 @@ import torch
 
 from .._convert.execute import EXECUTORS
 from ..config import TransferConfig
+from ..devices import backend_for
 from ..dtypes import DtypeRow
 from ..plan.core import Plan, Step
 from ..plan.transfer import Transfer, route_transfer, with_transfer
@@ -37,9 +38,10 @@ class Recipe:
         plan: the plan it was made from (for the first leaf of the kind, or for this leaf alone).
         own: the plan was made for one leaf only (an adopted leaf, an error): never reused.
         before: runs the steps before the device copy (all of them when there is none).
-        after: runs the steps after the device copy; takes (value, original leaf).
+        after: runs the steps after the device copy, if any; takes (value, original leaf).
         cut: index of the device-copy step, or -1.
         compacted: the copy moves a broadcast's distinct values only.
+        staging: the device copy's backend stages copies (a fact of the kind's devices).
         inline: runs the whole recipe on a leaf of the kind, or raises when the leaf is odd
             (see ``pipeline.kinds``); None when the recipe has a device copy or is the leaf's own.
     """
@@ -47,10 +49,11 @@ class Recipe:
     plan: Plan
     own: bool
     before: Run
-    after: Callable[[Any, Any], Any]
+    after: Callable[[Any, Any], Any] | None
     cut: int = -1
     compacted: bool = False
     inline: Run | None = None
+    staging: bool = False
 
     @property
     def error(self) -> Any:
@@ -59,10 +62,6 @@ class Recipe:
 
 
 def _same(x: Any) -> Any:
-    return x
-
-
-def _same_after(x: Any, leaf: Any) -> Any:
     return x
 
 
@@ -131,7 +130,7 @@ def recipe_for(plan: Plan, leaf: Any, own: bool, odd: Callable[[Any], bool] | No
     fused = _fused(head, leaf) if not own else None
     chain = _chain(head, plan.path)
     before: Run = fused if fused is not None else (lambda x: chain(x, x))
-    after = _chain(tail, plan.path) if tail else _same_after
+    after = _chain(tail, plan.path) if tail else None
     compacted = any(s.kind == "compact" for s in head)
     inline: Run | None = None
     if not own and cut < 0:
@@ -144,7 +143,12 @@ def recipe_for(plan: Plan, leaf: Any, own: bool, odd: Callable[[Any], bool] | No
                     raise OddLeaf
                 return chain(x, x)
 
-    return Recipe(plan, own, before, after, cut, compacted, inline)
+    staging = False
+    if cut >= 0:
+        tr: Transfer = steps[cut].arg
+        backend = backend_for(tr.device.type if tr.direction == "h2d" else tr.source.type)
+        staging = backend is not None and backend.staging
+    return Recipe(plan, own, before, after, cut, compacted, inline, staging)
 
 
 def _moved_elements(leaf: Any, compacted: bool) -> int:
@@ -163,7 +167,17 @@ def transfer_for(recipe: Recipe, leaf: Any, cfg: TransferConfig) -> Transfer | N
     if recipe.own:
         return template
     nbytes = _moved_elements(leaf, recipe.compacted) * template.dtype.itemsize
-    return route_transfer(template.source, template.device, nbytes, template.dtype, template.host_check, leaf, cfg)
+    return route_transfer(
+        template.source,
+        template.device,
+        nbytes,
+        template.dtype,
+        template.host_check,
+        leaf,
+        cfg,
+        direction=template.direction,
+        staging=recipe.staging,
+    )
 
 
 def bind(recipe: Recipe, leaf: Any, path: str, tr: Transfer | None, cfg: TransferConfig, describe: Any) -> Plan:

@@ -227,11 +227,12 @@ def prepare(data: Any, opts: Options) -> tuple[list[tuple[Path, Any]], list[Reci
 def _together(data: Any, opts: Options) -> Any:
     leaves, recipes, trs = prepare(data, opts)
     for recipe, (path, x) in zip(recipes, leaves, strict=True):
-        if recipe is not None and recipe.error is not None:
+        if recipe is not None and recipe.error is not None:  # every error before anything runs
             raise recipe.error if recipe.own else _plan(x, opts, format_path(path)).error  # type: ignore[misc]
-    mids: list[Any] = []
-    for recipe, (path, x) in zip(recipes, leaves, strict=True):
-        mids.append(x if recipe is None else _before(recipe, x, opts, path))
+    try:
+        mids = [x if r is None else r.before(x) for r, (_, x) in zip(recipes, leaves, strict=True)]
+    except Exception:  # the steps have no effects: again leaf by leaf, for an error naming its leaf
+        mids = [x if r is None else _before(r, x, opts, p) for r, (p, x) in zip(recipes, leaves, strict=True)]
     moving = [n for n, tr in enumerate(trs) if tr is not None]
     if moving:
         items: list[tuple[Any, Transfer]] = [(mids[n], trs[n]) for n in moving]  # type: ignore[misc]
@@ -243,9 +244,12 @@ def _together(data: Any, opts: Options) -> Any:
             raise _copy_failed(err, items, format_path(leaves[moving[0]][0])) from err
         for n, out in zip(moving, moved, strict=True):
             mids[n] = out
-    results = []
-    for recipe, mid, (path, x) in zip(recipes, mids, leaves, strict=True):
-        results.append(mid if recipe is None or recipe.cut < 0 else _after(recipe, mid, x, opts, path))
+    triples = zip(recipes, mids, leaves, strict=True)
+    try:
+        results = [m if r is None or r.after is None else r.after(m, x) for r, m, (_, x) in triples]
+    except Exception:
+        triples = zip(recipes, mids, leaves, strict=True)
+        results = [m if r is None or r.after is None else _after(r, m, x, opts, p) for r, m, (p, x) in triples]
     it = iter(results)
     return map_leaves(lambda v, p: next(it) if is_leaf(v) else v, data)
 
@@ -272,7 +276,7 @@ def _before(recipe: Recipe, x: Any, opts: Options, path: Path) -> Any:
 
 def _after(recipe: Recipe, mid: Any, x: Any, opts: Options, path: Path) -> Any:
     try:
-        return recipe.after(mid, x)
+        return mid if recipe.after is None else recipe.after(mid, x)
     except Exception:
         if recipe.own:
             raise

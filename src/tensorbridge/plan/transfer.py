@@ -35,6 +35,7 @@ __all__ = [
     "Transfer",
     "assign_routes",
     "assign_transfers",
+    "decide_route",
     "device_steps",
     "format_bytes",
     "is_small",
@@ -158,7 +159,7 @@ def is_small(nbytes: int, cfg: TransferConfig) -> bool:
         >>> is_small(16384, TransferConfig(small_max_bytes=65536, chunk_bytes=4096))
         False
     """
-    return nbytes <= min(cfg.small_max_bytes, cfg.chunk_bytes)
+    return nbytes <= cfg.small_max_bytes and nbytes <= cfg.chunk_bytes
 
 
 def route_for(
@@ -191,16 +192,32 @@ def route_for(
         >>> t.route, t.chunks
         ('staged', 5)
     """
-    if source.type != "cpu" and target.type != "cpu":
-        return Transfer(target, source, "d2d", nbytes, "direct", dtype=dtype)
-    direction: Direction = "h2d" if source.type == "cpu" else "d2h"
-    if not staging or nbytes == 0:
-        return Transfer(target, source, direction, nbytes, "direct", dtype=dtype)
+    host = source.type == "cpu"  # torch.device.type costs ~0.2 us: asked once
+    direction: Direction = "h2d" if host else "d2h" if target.type == "cpu" else "d2d"
+    return decide_route(direction, source, target, nbytes, dtype, pinned=pinned, staging=staging, cfg=cfg)
+
+
+def decide_route(
+    direction: Direction,
+    source: torch.device,
+    target: torch.device,
+    nbytes: int,
+    dtype: torch.dtype,
+    *,
+    pinned: bool,
+    staging: bool,
+    cfg: TransferConfig,
+    host_check: Callable[[Any], bool] | None = None,
+) -> Transfer:
+    """The one route rule (see :func:`route_for`), for a copy whose direction is known."""
+    if direction == "d2d" or not staging or nbytes == 0:
+        return Transfer(target, source, direction, nbytes, "direct", 1, -1, 0, 0, dtype, host_check)
     if pinned and direction == "h2d":
-        return Transfer(target, source, direction, nbytes, "pinned", dtype=dtype)
+        return Transfer(target, source, direction, nbytes, "pinned", 1, -1, 0, 0, dtype, host_check)
     if is_small(nbytes, cfg):
-        return Transfer(target, source, direction, nbytes, "small", dtype=dtype)
-    return Transfer(target, source, direction, nbytes, "staged", math.ceil(nbytes / cfg.chunk_bytes), dtype=dtype)
+        return Transfer(target, source, direction, nbytes, "small", 1, -1, 0, 0, dtype, host_check)
+    chunks = math.ceil(nbytes / cfg.chunk_bytes)
+    return Transfer(target, source, direction, nbytes, "staged", chunks, -1, 0, 0, dtype, host_check)
 
 
 def pack_layout(members: Sequence[tuple[torch.dtype, int]]) -> tuple[list[int], int]:
@@ -371,6 +388,9 @@ def route_transfer(
     host_check: Callable[[Any], bool] | None,
     host: Any,
     cfg: TransferConfig,
+    *,
+    direction: Direction | None = None,
+    staging: bool | None = None,
 ) -> Transfer:
     """One leaf's copy and its route; the page-lock check runs only where it picks the route.
 
@@ -382,22 +402,28 @@ def route_transfer(
         host_check: asks whether ``host``'s memory is page-locked, or None (never).
         host: the host-side leaf.
         cfg: the transfer settings.
+        direction: the copy's direction, if known (leaves of one kind share it).
+        staging: whether the device's backend stages copies, if known.
     """
-    backend = backend_for(target.type if source.type == "cpu" else source.type)
-    staging = backend is not None and backend.staging
-    asked = staging and host_check is not None and source.type == "cpu" and not is_small(nbytes, cfg)
-    tr = route_for(
+    if direction is None or staging is None:
+        on_host = source.type == "cpu"
+        target_type = target.type
+        backend = backend_for(target_type if on_host else source.type)
+        staging = backend is not None and backend.staging
+        direction = "h2d" if on_host else "d2h" if target_type == "cpu" else "d2d"
+    asked = staging and host_check is not None and direction == "h2d" and not is_small(nbytes, cfg)
+    pinned = asked and host_check(host)  # type: ignore[misc]  # asked implies a check
+    return decide_route(
+        direction,
         source,
         target,
         nbytes,
         wire_dtype(dtype),
-        pinned=asked and host_check(host),  # type: ignore[misc]  # asked implies a check
+        pinned=pinned,
         staging=staging,
         cfg=cfg,
+        host_check=host_check,
     )
-    if host_check is not None:
-        tr.host_check = host_check  # a Transfer just made here, not yet seen by anyone
-    return tr
 
 
 def transfer_step(
