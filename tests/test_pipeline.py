@@ -375,3 +375,21 @@ def test_a_thread_hammering_one_kind_sees_one_plan() -> None:
 
     run_threads(work, 3, 60)
     assert tb.plan_cache_info().plans_made == made
+
+
+@pytest.mark.parametrize("first", ["dense", "special"])
+@pytest.mark.parametrize("kind", ["sparse", "nested"])
+def test_sparse_and_nested_tensors_never_share_a_dense_kinds_plan(kind: str, first: str) -> None:
+    dense = torch.eye(3)
+    special = dense.to_sparse() if kind == "sparse" else tb.nested_tensor([np.ones(2), np.ones(3)])
+    order = [dense, special] if first == "dense" else [special, dense]
+    for _ in range(2):
+        for x in order:
+            out = tb.to_numpy({"x": x})["x"]
+            if x is dense:
+                assert isinstance(out, np.ndarray) and np.shares_memory(out, dense.numpy())
+            elif kind == "sparse":
+                assert out.toarray().tolist() == dense.tolist()  # a SciPy sparse array
+            else:
+                assert [a.tolist() for a in out] == [[1.0, 1.0], [1.0, 1.0, 1.0]]
+    assert "adopt" in str(tb.explain(special, to="numpy")) and "adopt" not in str(tb.explain(dense, to="numpy"))

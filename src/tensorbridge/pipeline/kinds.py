@@ -6,13 +6,13 @@ and the layout facts the planner reads: for arrays writability, contiguity and, 
 layouts, each axis's stride sign, whole-element strides and (when a new leaf must own its
 memory) overlap; for tensors the device, layout and grad bit.
 
-Two facts are left out of the keys because reading them costs more than the conversion of a
+Some facts are left out of the keys because reading them costs more than the conversion of a
 small leaf, and they are rare: a contiguous array's axes of size 1 may carry a negative or
-partial stride (``a[::-1]`` on a size-1 axis), and a tensor may carry a conjugate or negative
-bit (``x.conj().imag``). Such a leaf is *odd* (:func:`odd`): it is never the leaf a cached plan
+partial stride (``a[::-1]`` on a size-1 axis), and, for ``to_numpy``, a tensor may carry a
+conjugate or negative bit (``x.conj().imag``) or be sparse or nested. Such a leaf is *odd* (:func:`odd`): it is never the leaf a cached plan
 is made from, ``explain`` and device calls plan it in full, and a cached plan refuses to run
 on it (``torch.from_numpy``, ``Tensor.numpy()`` and ``Tensor.view(dtype)`` refuse these
-layouts themselves; other plans check first), so the leaf is then planned in full. A cached
+leaves themselves; other plans check first), so the leaf is then planned in full. A cached
 plan never runs on a leaf it was not made for.
 """
 
@@ -60,8 +60,8 @@ def _odd_array(a: np.ndarray[Any, Any], key: Any) -> bool:
 
 
 def _odd_tensor(t: torch.Tensor, key: Any) -> bool:
-    """A tensor with a lazy conjugate or negative bit (``to_numpy`` must resolve them)."""
-    return bool(t.is_conj() or t.is_neg())
+    """For ``to_numpy``: a tensor with a lazy conjugate or negative bit, or not strided (sparse, nested)."""
+    return bool(t.layout is not torch.strided or t.is_nested or t.is_conj() or t.is_neg())
 
 
 def _never(x: Any, key: Any) -> bool:
@@ -111,10 +111,11 @@ def _tensor_owning(t: Any, token: int) -> Any:
 
 
 def _tensor_to_numpy(t: Any, token: int) -> Any:
-    # _tensor's key, written out: this is the hottest keyer (every state dict leaf).
+    # The hottest keyer (every state dict leaf): layout and nesting are odd facts here (see
+    # _odd_tensor), since Tensor.numpy() and Tensor.view(dtype) refuse those tensors themselves.
     if t.is_cpu:
-        return (token, type(t), t.dtype, t.requires_grad, t.layout, t.is_nested)
-    return (token, type(t), t.dtype, t.requires_grad, t.layout, t.is_nested, t.device)
+        return (token, type(t), t.dtype, t.requires_grad)
+    return (token, type(t), t.dtype, t.requires_grad, t.device)
 
 
 _ODD: Final[dict[Keyer, Callable[[Any, Any], bool]]] = {
