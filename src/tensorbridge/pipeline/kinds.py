@@ -9,11 +9,12 @@ memory) overlap; for tensors the device, layout and grad bit.
 Some facts are left out of the keys because reading them costs more than the conversion of a
 small leaf, and they are rare: a contiguous array's axes of size 1 may carry a negative or
 partial stride (``a[::-1]`` on a size-1 axis), and, for ``to_numpy``, a tensor may carry a
-conjugate or negative bit (``x.conj().imag``) or be sparse or nested. Such a leaf is *odd* (:func:`odd`): it is never the leaf a cached plan
-is made from, ``explain`` and device calls plan it in full, and a cached plan refuses to run
-on it (``torch.from_numpy``, ``Tensor.numpy()`` and ``Tensor.view(dtype)`` refuse these
-leaves themselves; other plans check first), so the leaf is then planned in full. A cached
-plan never runs on a leaf it was not made for.
+conjugate or negative bit (``x.conj().imag``) or be sparse or nested. Such a leaf is *odd*
+(:func:`odd`): it is never the leaf a cached plan is made from, ``explain`` and device calls
+plan it in full, and a cached plan refuses to run on it (``torch.from_numpy``,
+``Tensor.numpy()`` and ``Tensor.view(dtype)`` refuse these leaves themselves; other plans check
+first), so the leaf is then planned in full. A cached plan never runs on a leaf it was not made
+for.
 """
 
 from __future__ import annotations

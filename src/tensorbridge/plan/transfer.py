@@ -96,6 +96,8 @@ class Transfer:
     group_bytes: int = 0
     dtype: torch.dtype = torch.uint8
     host_check: Callable[[Any], bool] | None = field(default=None, compare=False, repr=False)
+    lane: int = field(default=-1, compare=False, repr=False)
+    """The number of (direction, source, device): leaves of one lane may be packed together."""
     """Asks whether a leaf's host memory is page-locked (None: never asked); kept for leaves of the same kind."""
 
     def routed(self, route: Route, group: int = -1, group_leaves: int = 0, group_bytes: int = 0) -> Transfer:
@@ -112,6 +114,7 @@ class Transfer:
             group_bytes,
             self.dtype,
             self.host_check,
+            self.lane,
         )
 
     def describe(self, cfg: TransferConfig) -> str:
@@ -208,16 +211,38 @@ def decide_route(
     staging: bool,
     cfg: TransferConfig,
     host_check: Callable[[Any], bool] | None = None,
+    lane: int = -1,
 ) -> Transfer:
     """The one route rule (see :func:`route_for`), for a copy whose direction is known."""
+    if lane < 0:
+        lane = lane_of(direction, source, target)
     if direction == "d2d" or not staging or nbytes == 0:
-        return Transfer(target, source, direction, nbytes, "direct", 1, -1, 0, 0, dtype, host_check)
+        return Transfer(target, source, direction, nbytes, "direct", 1, -1, 0, 0, dtype, host_check, lane)
     if pinned and direction == "h2d":
-        return Transfer(target, source, direction, nbytes, "pinned", 1, -1, 0, 0, dtype, host_check)
+        return Transfer(target, source, direction, nbytes, "pinned", 1, -1, 0, 0, dtype, host_check, lane)
     if is_small(nbytes, cfg):
-        return Transfer(target, source, direction, nbytes, "small", 1, -1, 0, 0, dtype, host_check)
+        return Transfer(target, source, direction, nbytes, "small", 1, -1, 0, 0, dtype, host_check, lane)
     chunks = math.ceil(nbytes / cfg.chunk_bytes)
-    return Transfer(target, source, direction, nbytes, "staged", chunks, -1, 0, 0, dtype, host_check)
+    return Transfer(target, source, direction, nbytes, "staged", chunks, -1, 0, 0, dtype, host_check, lane)
+
+
+_LANES: dict[tuple[str, torch.device, torch.device], int] = {}
+
+
+def lane_of(direction: str, source: torch.device, target: torch.device) -> int:
+    """A small number for (direction, source, target), so grouping leaves hashes no device objects.
+
+    Example:
+        >>> import torch
+        >>> cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+        >>> lane_of("h2d", cpu, gpu) == lane_of("h2d", torch.device("cpu"), torch.device("cuda:0"))
+        True
+    """
+    key = (direction, source, target)
+    lane = _LANES.get(key)
+    if lane is None:
+        lane = _LANES.setdefault(key, len(_LANES))
+    return lane
 
 
 def pack_layout(members: Sequence[tuple[torch.dtype, int]]) -> tuple[list[int], int]:
@@ -257,10 +282,10 @@ def assign_transfers(transfers: Sequence[Transfer | None], cfg: TransferConfig) 
     Leaves are packed per (direction, source, target) in walk order, a group closing when the
     next leaf would take it past ``chunk_bytes``. ``None`` marks a leaf that does not travel.
     """
-    small: dict[tuple[str, torch.device, torch.device], list[int]] = {}
+    small: dict[int, list[int]] = {}
     for n, tr in enumerate(transfers):
         if tr is not None and tr.route == "small":
-            small.setdefault((tr.direction, tr.source, tr.device), []).append(n)
+            small.setdefault(tr.lane, []).append(n)
     out = list(transfers)
     group = 0
     for members in small.values():
@@ -391,6 +416,7 @@ def route_transfer(
     *,
     direction: Direction | None = None,
     staging: bool | None = None,
+    lane: int = -1,
 ) -> Transfer:
     """One leaf's copy and its route; the page-lock check runs only where it picks the route.
 
@@ -404,6 +430,7 @@ def route_transfer(
         cfg: the transfer settings.
         direction: the copy's direction, if known (leaves of one kind share it).
         staging: whether the device's backend stages copies, if known.
+        lane: see :func:`lane_of`, if known.
     """
     if direction is None or staging is None:
         on_host = source.type == "cpu"
@@ -423,6 +450,7 @@ def route_transfer(
         staging=staging,
         cfg=cfg,
         host_check=host_check,
+        lane=lane,
     )
 
 
