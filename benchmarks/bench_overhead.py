@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import tensorbridge as tb
-from tensorbridge.devices import install_backend
+from tensorbridge.transfer.devices import install_backend
 
 
 class _Done:

@@ -211,7 +211,7 @@ def fake_device() -> Iterator[Device]:
     sys.path.insert(0, str(REPO))
     from tests.fakegpu import FakeCuda, FakeCudaTensor, on_fake, plain
 
-    from tensorbridge.devices import install_backend
+    from tensorbridge.transfer.devices import install_backend
 
     def collect() -> None:
         gc.collect()
@@ -402,7 +402,7 @@ def backend_calls() -> Iterator[Counter[str]]:
     pinned buffer. The methods are patched on the installed backend object itself, so the
     pinned pool and the checked-device cache see the same backend.
     """
-    from tensorbridge.devices import backend_for
+    from tensorbridge.transfer.devices import backend_for
 
     counts: Counter[str] = Counter()
     backend = backend_for("cuda")

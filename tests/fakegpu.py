@@ -136,7 +136,7 @@ class _Stream:
 
 
 class FakeCuda:
-    """The backend protocol of ``tensorbridge.devices``, on host memory."""
+    """The backend protocol of ``tensorbridge.transfer.devices``, on host memory."""
 
     type = "cuda"
     staging = True

@@ -36,9 +36,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tensorbridge as tb
-from tensorbridge._convert.cast import cast_array, cast_tensor
-from tensorbridge._convert.rounding import rounding_for
 from tensorbridge.dtypes import DtypeRow
+from tensorbridge.ops.cast import cast_array, cast_tensor
+from tensorbridge.ops.rounding import rounding_for
 
 from .helpers import quiet_tensor
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import tensorbridge as tb
-from tensorbridge.plan.transfer import Transfer
+from tensorbridge.plan.routes import Transfer
 
 from .helpers import EXACT_ROWS, bits, random_bits, run_threads
 from .test_roundtrip import LAYOUTS, make

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tensorbridge as tb
-from tensorbridge.devices import install_backend
 from tensorbridge.pipeline import run as pipeline_run
+from tensorbridge.transfer.devices import install_backend
 
 from .fakegpu import FakeCuda, FakeCudaTensor, bits_of, on_fake, plain
 from .helpers import EXACT_ROWS, bits, run_threads

@@ -21,10 +21,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tensorbridge as tb
-from tensorbridge._convert.pinned import POOL, PinnedPool
-from tensorbridge.config import TransferConfig
-from tensorbridge.devices import install_backend
-from tensorbridge.plan.transfer import PACK_ALIGN, pack_layout, route_for
+from tensorbridge.plan.routes import PACK_ALIGN, pack_layout, route_for
+from tensorbridge.transfer.config import TransferConfig
+from tensorbridge.transfer.devices import install_backend
+from tensorbridge.transfer.pinned import POOL, PinnedPool
 
 from .fakegpu import GARBAGE, FakeCuda, FakeCudaTensor, FakeEvent, bits_of, on_fake, plain
 from .helpers import EXACT_ROWS, bits, random_bits, run_threads
@@ -139,7 +139,7 @@ class _FakeMps(FakeCuda):
     staging = False
 
     def unsupported(self, dtype: torch.dtype) -> str | None:
-        from tensorbridge.devices import MpsBackend
+        from tensorbridge.transfer.devices import MpsBackend
 
         return MpsBackend().unsupported(dtype)
 

@@ -28,7 +28,7 @@ from .files.load_save import TensorFile, load, save
 from .files.load_save import open as open  # re-exported, but not in __all__: a star import keeps the builtin open
 from .pipeline import PlanCacheInfo, configure_plan_cache
 from .pipeline import cache_info as plan_cache_info
-from .transfers import PoolStats, TransferConfig, configure_transfers, release_pinned, transfer_stats
+from .transfer.public import PoolStats, TransferConfig, configure_transfers, release_pinned, transfer_stats
 from .tree import register_container, register_optree_namespace
 
 __version__ = "0.1.0"

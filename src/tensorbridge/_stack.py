@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from ._convert.alloc import host_empty
 from .api import to_tensor
 from .errors import StructureError, UnsupportedError
+from .ops.alloc import host_empty
 
 __all__ = ["stack"]
 
@@ -57,7 +57,7 @@ def stack(items: Sequence[Any], dtype: object = None, device: object = None, *, 
         )
     shape = list(first.shape)
     shape.insert(dim % (first.dim() + 1), len(tensors))
-    # Large results go to huge-page host memory (see _convert/alloc.py).
+    # Large results go to huge-page host memory (see ops/alloc.py).
     out = host_empty(tuple(shape), first.dtype) if first.device.type == "cpu" else None
     try:
         out = torch.stack(tensors, dim=dim, out=out)

@@ -1,4 +1,4 @@
-r"""The ``tensorbridge`` command: argument parsing and printing only (the work is in ``io/convert.py``).
+r"""The ``tensorbridge`` command: argument parsing and printing only (the work is in ``files/convert.py``).
 
 Exit statuses:
 

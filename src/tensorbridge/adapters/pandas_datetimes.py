@@ -14,8 +14,8 @@ from typing import Any, Final
 
 import numpy as np
 
-from .._convert.cast import cast_array
 from ..errors import UnsupportedError, ValueRangeError
+from ..ops.cast import cast_array
 from ..plan.core import NO_VALUE
 from ._pandas_common import _NUMERIC, _Column, _Ctx, _float_example, _Plan
 

@@ -14,8 +14,8 @@ from typing import Any, Final
 
 import numpy as np
 
-from .._convert.cast import cast_array
 from ..errors import ConversionError, UnsupportedError
+from ..ops.cast import cast_array
 from ._pandas_common import _NUMERIC, _Column, _Ctx, _float_example, _Plan
 from .pandas_columns import _column, _column_plan
 

@@ -23,11 +23,11 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from .._convert.cast import cast_array, cast_tensor
 from ..dtypes import row_for_numpy, row_for_torch
 from ..errors import DeviceError, UnsupportedError, ValueRangeError
+from ..ops.cast import cast_array, cast_tensor
 from ..plan.core import ToTensorOptions
-from ..plan.transfer import needs_device, resolve_device
+from ..plan.routes import needs_device, resolve_device
 from ._sparse_common import (
     _FRESH,
     _LAYOUTS,

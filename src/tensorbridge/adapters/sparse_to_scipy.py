@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._convert.cast import cast_array
 from ..dtypes import is_ml_dtype, row_for_torch
 from ..errors import UnsupportedError
+from ..ops.cast import cast_array
 from ..plan.core import ToNumpyOptions
 from ._sparse_common import (
     _FORMATS,

@@ -1,7 +1,7 @@
 """Tensor files from Python: :func:`load`, :func:`save` and :func:`open`, as the command reads and writes them.
 
 The same readers, writers, checks and nesting records as ``tensorbridge convert`` (the format
-table in ``io/__init__.py``; ``structure.py`` for the nesting), so a file the command accepts
+table in ``files/__init__.py``; ``structure.py`` for the nesting), so a file the command accepts
 loads here and one it refuses raises the same error, naming the same path.
 
 **What comes back.** The nesting the file records (``structure.py``: dict, OrderedDict, list,

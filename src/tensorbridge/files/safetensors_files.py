@@ -42,9 +42,9 @@ from typing import IO, Any, Final
 
 import numpy as np
 
-from .._convert.blocks import blocks
 from ..dtypes import DtypeRow, row_for_numpy
 from ..errors import StructureError, UnsupportedError
+from ..ops.blocks import blocks
 from . import structure as _structure
 from .base import Archive, Entry, bad_file, load_for_writing
 from .safetensors_header import (

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .. import devices
+from ..transfer import devices
 
 __all__ = ["PlanCacheInfo", "cache_info", "configure_plan_cache", "lookup", "store", "validate"]
 

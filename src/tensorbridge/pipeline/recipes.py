@@ -3,7 +3,7 @@
 A recipe keeps the plan's steps, with the few facts that differ from leaf to leaf (the shape a
 broadcast expands back to, the bytes a device copy moves and so its route) worked out again
 for each leaf by :func:`bind` and :func:`transfer_for`, the same functions for ``explain`` and
-for the conversion. Steps run through the executors of ``_convert.execute``; the most common
+for the conversion. Steps run through the executors of ``ops.execute``; the most common
 step lists run as one fused call, with the very same torch and NumPy calls.
 """
 
@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._convert.execute import EXECUTORS
-from ..config import TransferConfig
-from ..devices import backend_for
 from ..dtypes import DtypeRow
+from ..ops.execute import EXECUTORS
 from ..plan.core import Plan, Step
-from ..plan.transfer import Transfer, route_transfer, with_transfer
+from ..plan.routes import Transfer, route_transfer, with_transfer
+from ..transfer.config import TransferConfig
+from ..transfer.devices import backend_for
 
 __all__ = ["OddLeaf", "Recipe", "bind", "recipe_for", "transfer_for"]
 

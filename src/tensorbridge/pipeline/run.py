@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from .._convert.execute import device_error, run_plan, run_steps
-from .._convert.transfer import move
-from ..config import current
 from ..errors import ConversionError
+from ..ops.execute import device_error, run_plan, run_steps
 from ..options import ToNumpyOptions, ToTensorOptions
 from ..plan.core import Plan
-from ..plan.transfer import Transfer, assign_transfers
+from ..plan.routes import Transfer, assign_transfers
+from ..transfer.config import current
+from ..transfer.engine import move
 from ..tree import Path, format_path, iter_leaves, map_leaves
 from . import cache
 from .kinds import INERT, Keyer, keyer_for, odd

@@ -2,7 +2,7 @@
 
 The planner never touches memory. It returns a :class:`Plan`: the ordered steps (share,
 copy, cast, move...), each with the reason it is needed, and whether the result shares
-memory with the input. The executor in ``_convert`` only carries steps out, and
+memory with the input. The executor in ``ops`` only carries steps out, and
 ``explain()`` prints plans, so what is explained is exactly what is done.
 """
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import TransferConfig, current
-from ..devices import Backend, Event
 from ..errors import OutOfMemoryError
+from .config import TransferConfig, current
+from .devices import Backend, Event
 
 __all__ = ["POOL", "PinnedPool", "PoolStats"]
 

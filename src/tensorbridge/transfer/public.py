@@ -8,8 +8,8 @@ Example:
 
 from __future__ import annotations
 
-from ._convert.pinned import POOL, PoolStats
 from .config import TransferConfig, configure
+from .pinned import POOL, PoolStats
 
 __all__ = ["PoolStats", "TransferConfig", "configure_transfers", "release_pinned", "transfer_stats"]
 

@@ -13,10 +13,10 @@ from ..dtypes import DtypeRow, torch_bits
 from ..errors import ConversionError, DeviceError, OutOfMemoryError, UnsupportedError
 from ..plan import Plan, Step
 from ..plan.core import Deferred, may_overlap
-from ..plan.transfer import Transfer
+from ..plan.routes import Transfer
+from ..transfer.engine import move
 from .alloc import host_copy, host_empty
 from .cast import cast_array, cast_tensor
-from .transfer import move
 
 __all__ = ["EXECUTORS", "device_error", "device_errors", "run_plan", "run_plans", "run_steps"]
 
@@ -270,6 +270,7 @@ def device_error(err: Exception, path: str, nbytes: int, source: torch.device, t
 
 
 def run_steps(leaf: Leaf, plan: Plan, start: int, stop: int) -> Leaf:
+    """Run ``plan.steps[start:stop]`` on ``leaf``; failures become errors naming the plan's leaf."""
     out = leaf
     for step in plan.steps[start:stop]:
         try:

@@ -36,10 +36,10 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from ..config import TransferConfig, current
-from ..devices import Backend, Event, backend_for
-from ..plan.transfer import Transfer, pack_layout, wire_dtype
-from .blocks import blocks
+from ..ops.blocks import blocks
+from ..plan.routes import Transfer, pack_layout, wire_dtype
+from .config import TransferConfig, current
+from .devices import Backend, Event, backend_for
 from .pinned import POOL
 
 __all__ = ["move"]

@@ -1,6 +1,6 @@
 """Planning host <-> device copies: which route each leaf takes, and which small leaves travel together.
 
-Routes (the engine in ``_convert/transfer.py`` carries them out):
+Routes (the engine in ``transfer/engine.py`` carries them out):
 
 - ``direct``: torch's own ``.to()``. For a lone small leaf (packing costs more than it saves),
   empty leaves, device-to-device moves and devices without a staging engine (MPS).
@@ -24,10 +24,10 @@ from typing import Any, Final, Literal
 
 import torch
 
-from ..config import TransferConfig, current
-from ..devices import backend_for
 from ..dtypes import torch_bits
 from ..errors import DeviceError
+from ..transfer.config import TransferConfig, current
+from ..transfer.devices import backend_for
 from .core import Plan, Step, ToTensorOptions
 
 __all__ = [
@@ -158,7 +158,7 @@ def is_small(nbytes: int, cfg: TransferConfig) -> bool:
     """Whether a leaf of ``nbytes`` is small enough to be packed with others (the one rule).
 
     Example:
-        >>> from tensorbridge.config import TransferConfig
+        >>> from tensorbridge.transfer.config import TransferConfig
         >>> is_small(16384, TransferConfig(small_max_bytes=65536, chunk_bytes=4096))
         False
     """
@@ -188,7 +188,7 @@ def route_for(
 
     Example:
         >>> import torch
-        >>> from tensorbridge.config import TransferConfig
+        >>> from tensorbridge.transfer.config import TransferConfig
         >>> cfg = TransferConfig(chunk_bytes=1 << 20)
         >>> t = route_for(torch.device("cpu"), torch.device("cuda:0"), 5 << 20, torch.float32,
         ...               pinned=False, staging=True, cfg=cfg)

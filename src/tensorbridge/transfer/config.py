@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import UnsupportedError, ValueRangeError
+from ..errors import UnsupportedError, ValueRangeError
 
 __all__ = ["TransferConfig", "configure", "current"]
 
