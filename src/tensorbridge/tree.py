@@ -34,6 +34,7 @@ from .containers import (
 from .errors import ConversionError, StructureError, UnsupportedError
 
 __all__ = [
+    "LEAF_TYPES",
     "ContainerSpec",
     "KeyStyle",
     "Path",
@@ -59,7 +60,7 @@ _REGISTRY: dict[type, ContainerSpec] = {}
 _CACHE: dict[type, ContainerSpec | None] = {}
 _MISSING: Final = object()
 # Arrays and tensors are leaves, whatever is registered: the walk starts without a lookup.
-_LEAF_TYPES: Final = frozenset({np.ndarray, torch.Tensor, torch.nn.Parameter})
+LEAF_TYPES: Final = frozenset({np.ndarray, torch.Tensor, torch.nn.Parameter})
 _TOKEN: list[tuple[int, int, int]] = [registries_token()]
 
 
@@ -193,7 +194,7 @@ def map_leaves(fn: Callable[[Any, Path], Any], data: Any, runs: Runs | None = No
         >>> map_leaves(lambda x, path: x * 2, {"a": [1, (2, 3)]})
         {'a': [2, (4, 6)]}
     """
-    if type(data) in _LEAF_TYPES:  # never containers (register_container refuses them)
+    if type(data) in LEAF_TYPES:  # never containers (register_container refuses them)
         return fn(data, ROOT)
     return _walk(data, fn, None, None, runs)
 

@@ -22,7 +22,7 @@ from ..plan.core import Plan
 from ..plan.routes import Transfer, assign_transfers
 from ..transfer.config import current
 from ..transfer.engine import move
-from ..tree import Path, format_path, iter_leaves, map_leaves
+from ..tree import LEAF_TYPES, ROOT, Path, format_path, iter_leaves, map_leaves
 from . import cache
 from .kinds import INERT, Keyer, keyer_for, odd
 from .leaves import describe_leaf, is_leaf, plan_leaf_to_numpy, plan_leaf_to_tensor
@@ -186,13 +186,15 @@ def _inline(opts: Options) -> Callable[[Any, Path], Any]:
     return leaf
 
 
-# Options token -> (its leaf function, whether calls with it may move data to a device).
-_PROFILES: dict[int, tuple[Callable[[Any, Path], Any], bool]] = {}
+# Options token -> (its leaf function, its runs function, whether calls may move data to a device).
+_Profile = tuple[Callable[[Any, Path], Any], Any, bool]
+_PROFILES: dict[int, _Profile] = {}
 
 
-def _profile(opts: Options) -> tuple[Callable[[Any, Path], Any], bool]:
+def _profile(opts: Options) -> _Profile:
     devices = isinstance(opts, ToTensorOptions) and (opts.device is not None or opts.pin_memory)
-    profile = (_inline(opts), devices)
+    leaf = _inline(opts)
+    profile = (leaf, leaf.runs, devices)  # type: ignore[attr-defined]
     if opts.token >= 0:
         if len(_PROFILES) > 1024:
             _PROFILES.clear()
@@ -202,13 +204,15 @@ def _profile(opts: Options) -> tuple[Callable[[Any, Path], Any], bool]:
 
 def convert(data: Any, opts: Options) -> Any:
     """Convert every leaf of ``data`` under ``opts``; rebuild the containers around the results."""
-    leaf, devices = _PROFILES.get(opts.token) or _profile(opts)
+    leaf, runs, devices = _PROFILES.get(opts.token) or _profile(opts)
     if devices:
         cache.validate()
         if opts.device is not None and opts.device.type != "cpu":  # type: ignore[union-attr]
             return _together(data, opts)
     try:
-        return map_leaves(leaf, data, leaf.runs)  # type: ignore[attr-defined]
+        if type(data) in LEAF_TYPES:  # what map_leaves does first, without its call
+            return leaf(data, ROOT)
+        return map_leaves(leaf, data, runs)
     except _Moving:
         return _together(data, opts)
 
