@@ -21,7 +21,7 @@ import torch
 from ..dtypes import DtypeRow
 from ..ops.execute import EXECUTORS
 from ..plan.core import Plan, Step
-from ..plan.routes import Transfer, route_transfer, with_transfer
+from ..plan.routes import Transfer, decide_route, route_transfer, with_transfer
 from ..transfer.config import TransferConfig
 from ..transfer.devices import backend_for
 
@@ -167,6 +167,18 @@ def transfer_for(recipe: Recipe, leaf: Any, cfg: TransferConfig) -> Transfer | N
     if recipe.own:
         return template
     nbytes = _moved_elements(leaf, recipe.compacted) * template.dtype.itemsize
+    if template.host_check is None:  # nothing to ask the leaf: the route rule alone
+        return decide_route(
+            template.direction,
+            template.source,
+            template.device,
+            nbytes,
+            template.dtype,
+            pinned=False,
+            staging=recipe.staging,
+            cfg=cfg,
+            lane=template.lane,
+        )
     return route_transfer(
         template.source,
         template.device,
