@@ -220,7 +220,8 @@ def convert(data: Any, opts: Options) -> Any:
 def prepare(data: Any, opts: Options) -> tuple[list[tuple[Path, Any]], list[Recipe | None], list[Transfer | None]]:
     """Every leaf of ``data``, its recipe, and its device copy routed with the call's others."""
     cache.validate()
-    leaves = iter_leaves(data, is_leaf)
+    lone = type(data) in LEAF_TYPES  # what iter_leaves gives for them, without the walk
+    leaves = [(ROOT, data)] if lone else iter_leaves(data, is_leaf)
     keyers = _table(opts)
     recipes = [find(x, opts, path, keyers) for path, x in leaves]
     cfg = current()
@@ -228,7 +229,33 @@ def prepare(data: Any, opts: Options) -> tuple[list[tuple[Path, Any]], list[Reci
     return leaves, recipes, assign_transfers(trs, cfg)
 
 
+def _alone(x: Any, opts: Options) -> Any:
+    """:func:`_together` for a lone array or tensor: the same steps, without the lists."""
+    recipe = find(x, opts, ROOT)
+    if recipe is None:
+        return x
+    if recipe.error is not None:
+        raise recipe.error if recipe.own else _plan(x, opts, format_path(ROOT)).error  # type: ignore[misc]
+    cfg = current()
+    tr = transfer_for(recipe, x, cfg)
+    mid = _before(recipe, x, opts, ROOT)
+    if tr is None:
+        return mid
+    routed = assign_transfers([tr], cfg)[0]
+    assert routed is not None
+    items = [(mid, routed)]
+    try:
+        (moved,) = move(items, opts.non_blocking)
+    except ConversionError:
+        raise
+    except (MemoryError, RuntimeError, TypeError, ValueError, AssertionError) as err:
+        raise _copy_failed(err, items, format_path(ROOT)) from err
+    return moved if recipe.after is None else _after(recipe, moved, x, opts, ROOT)
+
+
 def _together(data: Any, opts: Options) -> Any:
+    if type(data) in LEAF_TYPES:
+        return _alone(data, opts)
     leaves, recipes, trs = prepare(data, opts)
     for recipe, (path, x) in zip(recipes, leaves, strict=True):
         if recipe is not None and recipe.error is not None:  # every error before anything runs

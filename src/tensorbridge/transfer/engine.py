@@ -511,19 +511,22 @@ def move(items: Sequence[tuple[torch.Tensor, Transfer]], non_blocking: bool | No
     """
     cfg = current()
     results: list[torch.Tensor | None] = [None] * len(items)
-    batches: dict[tuple[str, torch.device], list[int]] = {}
+    batches: dict[int, list[int]] = {}  # by lane: one direction, source and target each
     for n, (_, tr) in enumerate(items):
-        batches.setdefault((tr.direction, tr.device if tr.direction != "d2h" else tr.source), []).append(n)
-    for (direction, device), members in batches.items():
+        batches.setdefault(tr.lane, []).append(n)
+    for members in batches.values():
+        first = items[members[0]][1]
+        direction = first.direction
+        device = first.source if direction == "d2h" else first.device
         backend = backend_for(device.type)
-        wait = direction == "d2h" or non_blocking is False
-        staged: list[int] = []  # through the engine
+        staged = [n for n in members if items[n][1].route in ("staged", "packed")]  # through the engine
+        # With nothing staged, None's guarantee (every copy done on return) is each direct copy
+        # blocking as it goes: no event to record and wait for at the end.
+        blocking = direction == "d2h" or non_blocking is False or (non_blocking is None and not staged)
         for n in members:
             t, tr = items[n]
-            if tr.route == "staged" or tr.route == "packed":
-                staged.append(n)
-            else:
-                results[n] = _direct(t, tr, backend, non_blocking=not wait)
+            if tr.route != "staged" and tr.route != "packed":
+                results[n] = _direct(t, tr, backend, non_blocking=not blocking)
         if staged:
             assert backend is not None
             sub = [items[n] for n in staged]
@@ -535,7 +538,8 @@ def move(items: Sequence[tuple[torch.Tensor, Transfer]], non_blocking: bool | No
                 _run_downloads(jobs, backend, device, cfg)
             for n, out in zip(staged, outs, strict=True):
                 results[n] = out
-        if direction != "d2h" and non_blocking is not True and backend is not None and backend.staging:
+        waits = direction != "d2h" and non_blocking is not True and (bool(staged) or not blocking)
+        if waits and backend is not None and backend.staging:
             backend.record(device).synchronize()
     done = [r for r in results if r is not None]
     assert len(done) == len(items)
@@ -543,6 +547,8 @@ def move(items: Sequence[tuple[torch.Tensor, Transfer]], non_blocking: bool | No
 
 
 def _direct(t: torch.Tensor, tr: Transfer, backend: Backend | None, *, non_blocking: bool) -> torch.Tensor:
+    if t.requires_grad:
+        t = t.detach()  # a copy is new data, not a step in the caller's graph
     if backend is None:
-        return t.detach().to(tr.device, non_blocking=non_blocking)
-    return backend.move(t.detach(), tr.device, non_blocking)
+        return t.to(tr.device, non_blocking=non_blocking)
+    return backend.move(t, tr.device, non_blocking)
