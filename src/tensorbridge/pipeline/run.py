@@ -295,22 +295,24 @@ def _copy_failed(err: Exception, items: list[tuple[Any, Transfer]], first: str) 
 
 
 def _before(recipe: Recipe, x: Any, opts: Options, path: Path) -> Any:
+    """The steps before the device copy; a failure becomes an error naming the leaf."""
+    if recipe.own:  # made for this leaf: its steps, with their errors wrapped
+        return run_steps(x, recipe.plan, 0, recipe.cut if recipe.cut >= 0 else len(recipe.plan.steps))
     try:
         return recipe.before(x)
     except Exception:  # the leaf's own plan, for an error naming its path
-        if recipe.own:
-            raise
         plan = _plan(x, opts, format_path(path))
         cut = recipe.cut if recipe.cut >= 0 else len(plan.steps)
         return run_steps(x, plan, 0, cut)
 
 
 def _after(recipe: Recipe, mid: Any, x: Any, opts: Options, path: Path) -> Any:
+    """The steps after the device copy; a failure becomes an error naming the leaf."""
+    if recipe.own:
+        return run_steps(mid, recipe.plan, recipe.cut + 1, len(recipe.plan.steps))
     try:
         return mid if recipe.after is None else recipe.after(mid, x)
     except Exception:
-        if recipe.own:
-            raise
         plan = bind(recipe, x, format_path(path), None, current(), describe_leaf)
         return run_steps(mid, plan, recipe.cut + 1, len(plan.steps))
 
