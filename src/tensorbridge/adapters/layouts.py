@@ -30,7 +30,7 @@ import torch
 
 from ..errors import DeviceError, UnsupportedError
 from ..plan.core import ToNumpyOptions, ToTensorOptions, describe_tensor
-from ..plan.routes import needs_device, resolve_device
+from ..plan.devices import needs_device, resolve_device
 from ._special import _refuse_copy, _torch_notices_muted
 from .base import Adoption
 from .detect import is_instance

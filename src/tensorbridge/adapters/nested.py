@@ -26,7 +26,7 @@ from ..dtypes import DtypeRow, row_for_numpy, row_for_torch, torch_dtype
 from ..errors import DeviceError, StructureError, UnsupportedError
 from ..ops.cast import cast_array, cast_tensor
 from ..plan.core import ToNumpyOptions, describe_tensor
-from ..plan.routes import resolve_device
+from ..plan.devices import resolve_device
 from ._special import _refuse_copy, _torch_notices_muted
 from .base import Adoption
 

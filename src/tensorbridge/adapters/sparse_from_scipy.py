@@ -27,7 +27,7 @@ from ..dtypes import row_for_numpy, row_for_torch
 from ..errors import DeviceError, UnsupportedError, ValueRangeError
 from ..ops.cast import cast_array, cast_tensor
 from ..plan.core import ToTensorOptions
-from ..plan.routes import needs_device, resolve_device
+from ..plan.devices import needs_device, resolve_device
 from ._sparse_common import (
     _FRESH,
     _LAYOUTS,

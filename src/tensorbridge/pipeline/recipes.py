@@ -21,7 +21,8 @@ import torch
 from ..dtypes import DtypeRow
 from ..ops.execute import EXECUTORS
 from ..plan.core import Plan, Step
-from ..plan.routes import Transfer, decide_route, route_transfer, with_transfer
+from ..plan.devices import route_transfer
+from ..plan.routes import Transfer, decide_route, with_transfer
 from ..transfer.config import TransferConfig
 from ..transfer.devices import backend_for
 

@@ -10,7 +10,7 @@ import torch
 from ..dtypes import row_for_numpy, row_for_torch
 from ..errors import ConversionError, UnsupportedError
 from .core import Plan, Step, ToNumpyOptions, describe_array, describe_tensor, finish_copies
-from .routes import transfer_step
+from .devices import transfer_step
 
 __all__ = ["plan_to_numpy"]
 

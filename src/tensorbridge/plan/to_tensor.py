@@ -12,7 +12,7 @@ from ..dtypes import is_ml_dtype, row_for_numpy, row_for_torch
 from ..errors import ConversionError, UnsupportedError
 from ..transfer.devices import backend_for
 from .core import COPYING, Plan, Step, ToTensorOptions, describe_array, describe_tensor, finish_copies, may_overlap
-from .routes import device_steps, needs_device, resolve_device
+from .devices import device_steps, needs_device, resolve_device
 
 __all__ = ["is_pinned_array", "is_pinned_tensor", "plan_tensor_to_tensor", "plan_to_tensor"]
 

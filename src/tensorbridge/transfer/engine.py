@@ -25,10 +25,8 @@ copy, so a ``non_blocking=True`` upload can return while its last chunks are on 
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -36,19 +34,25 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from ..ops.blocks import blocks
-from ..plan.routes import Transfer, pack_layout, wire_dtype
+from ..plan.routes import Transfer, wire_dtype
 from .config import TransferConfig, current
 from .devices import Backend, Event, backend_for
-from .pinned import POOL
+from .packing import Run as _Run
+from .packing import layout as _layout
+from .packing import pack as _pack
+from .packing import unpack as _unpack
+from .staging import Ring as _Ring
+from .staging import as_c_bytes as _as_c_bytes
+from .staging import host_bits as _host_bits
+from .staging import inverse as _inverse
+from .staging import memory_order as _memory_order
+from .staging import piece as _piece
+from .staging import pieces_of as _blocks
+from .staging import resolved as _resolved
+from .staging import submit as _submit
 
 __all__ = ["move"]
 
-# Fills and drains smaller than this (or than half a chunk) run on the calling thread: a
-# thread hop costs more than copying them.
-_INLINE_BYTES: Final = 1 << 20
-# A job's host copy is split into one piece per host thread, each at least this size.
-_MIN_PIECE: Final = 4096
 # How often a thread waiting for a staging buffer looks at fills that may have finished.
 _POLL_S: Final = 50e-6
 
@@ -67,168 +71,6 @@ class _Job:
     dev: torch.Tensor
     host: list[tuple[int, np.ndarray[Any, Any]]] = field(default_factory=list)
     runs: list[_Run] = field(default_factory=list)
-
-
-@dataclass
-class _Run:
-    """Leaves of one dtype that sit back to back in a packed group: ``nbytes`` at ``offset``.
-
-    ``shape`` is the leaves' one shape, or None when their shapes differ.
-    """
-
-    offset: int
-    nbytes: int
-    dtype: torch.dtype
-    leaves: list[torch.Tensor]
-    shape: torch.Size | None
-    slots: list[int]
-
-
-# --- the shared thread pool -------------------------------------------------------------------
-
-_executor: ThreadPoolExecutor | None = None
-_executor_threads = 0
-_executor_lock = threading.Lock()
-
-
-def _threads(cfg: TransferConfig) -> ThreadPoolExecutor:
-    global _executor, _executor_threads
-    with _executor_lock:
-        if _executor is None or _executor_threads != cfg.threads:
-            if _executor is not None:
-                _executor.shutdown(wait=False)  # its queued work still runs; new work goes to the new pool
-            _executor = ThreadPoolExecutor(cfg.threads, thread_name_prefix="tensorbridge-copy")
-            _executor_threads = cfg.threads
-        return _executor
-
-
-# --- host-side views --------------------------------------------------------------------------
-
-
-def _host_bits(t: torch.Tensor) -> np.ndarray[Any, Any]:
-    """A NumPy view of a host tensor's bits, as same-size integers (complex128 as itself)."""
-    bits: np.ndarray[Any, Any] = _resolved(t).view(wire_dtype(t.dtype)).numpy()
-    return bits
-
-
-def _resolved(t: torch.Tensor) -> torch.Tensor:
-    """``t`` detached, with lazy conjugate/negative bits applied (torch keeps them across ``.to()``)."""
-    return t.detach().resolve_conj().resolve_neg()
-
-
-def _memory_order(t: torch.Tensor) -> list[int] | None:
-    """The axis order that makes ``t`` C-contiguous, if it is dense with positive strides; else None."""
-    if t.is_contiguous():
-        return list(range(t.dim()))
-    strides = t.stride()
-    order = sorted(range(t.dim()), key=lambda i: (-strides[i], -t.shape[i]))
-    return order if t.permute(order).is_contiguous() else None
-
-
-def _inverse(order: list[int]) -> list[int]:
-    inv = [0] * len(order)
-    for i, axis in enumerate(order):
-        inv[axis] = i
-    return inv
-
-
-def _blocks(a: np.ndarray[Any, Any], limit: int) -> Iterator[np.ndarray[Any, Any]]:
-    """Views of ``a`` that together cover it in C order, each at most ``limit`` bytes (or one element)."""
-    if a.flags.c_contiguous:  # dense memory: plain byte ranges, cut anywhere
-        flat = a.reshape(-1).view(np.uint8)
-        for start in range(0, flat.size, limit):
-            yield flat[start : start + limit]
-    else:
-        yield from blocks(a, limit)
-
-
-def _as_c_bytes(buf: np.ndarray[Any, Any], off: int, like: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """The C-ordered region of ``buf`` (uint8) at ``off`` shaped and typed like ``like``."""
-    region: np.ndarray[Any, Any] = buf[off : off + like.nbytes].view(like.dtype).reshape(like.shape)
-    return region
-
-
-# --- packed groups: one kernel per run -------------------------------------------------------
-
-# dtypes whose cat/stack kernels exist on every device; others are packed as integer bits.
-_CAT_DTYPES: Final = frozenset(
-    {
-        torch.bool,
-        torch.uint8,
-        torch.int8,
-        torch.int16,
-        torch.int32,
-        torch.int64,
-        torch.float16,
-        torch.bfloat16,
-        torch.float32,
-        torch.float64,
-        torch.complex64,
-        torch.complex128,
-    }
-)
-
-
-# torch's flatten (the one DDP uses): ``contiguous().view(-1)`` per leaf and one cat, all in C++.
-_flatten: Final[Callable[[list[torch.Tensor]], torch.Tensor]] = torch._utils._flatten_dense_tensors
-
-
-def _layout(items: Sequence[tuple[torch.Tensor, Transfer]], members: list[int]) -> tuple[int, list[_Run]]:
-    """One packed group's size and its runs: :func:`pack_layout` over the planned copies.
-
-    A run is a stretch of consecutive leaves of one wire run (see ``pack_layout``) that also
-    share their exact dtype, so one kernel packs it and one call cuts it into views.
-    """
-    offsets, total = pack_layout([(items[n][1].dtype, items[n][1].nbytes) for n in members])
-    runs: list[_Run] = []
-    last: dict[torch.dtype, _Run] = {}  # wire dtype -> its run being extended
-    for off, n in zip(offsets, members, strict=True):
-        t, tr = items[n]
-        run = last.get(tr.dtype)
-        if run is None or t.dtype != run.dtype:
-            run = last[tr.dtype] = _Run(off, 0, t.dtype, [], t.shape, [])
-            runs.append(run)
-        elif run.shape is not None and t.shape != run.shape:
-            run.shape = None
-        run.leaves.append(t)
-        run.slots.append(n)
-        run.nbytes += tr.nbytes
-    return total, runs
-
-
-def _pack(dst: torch.Tensor, run: _Run) -> None:
-    """Write ``run``'s leaves back to back into ``dst`` (bytes) at its offset, in one kernel.
-
-    The kernel gathers strided leaves and applies lazy conjugate/negative bits. ``dst`` is the
-    pinned staging buffer (host to device) or the group's device buffer (device to host).
-    """
-    leaves = run.leaves
-    dtype = run.dtype
-    if dtype not in _CAT_DTYPES:  # as same-size integers: every device has those kernels
-        dtype = wire_dtype(dtype)
-        leaves = [_resolved(t).view(dtype) for t in leaves]
-    typed = dst[run.offset : run.offset + run.nbytes].view(dtype)
-    with torch.no_grad():  # thread-local: packing may run on a host thread
-        if run.shape is not None:
-            torch.stack(leaves, out=typed.view(len(leaves), *run.shape))
-            return
-        flat = _flatten(leaves)
-        if flat.numel() != typed.numel():
-            raise AssertionError(f"a packed run of {typed.numel()} elements got {flat.numel()}")
-        typed.copy_(flat)
-
-
-def _unpack(whole: torch.Tensor, run: _Run, slots: list[torch.Tensor | None]) -> None:
-    """Cut ``run`` out of ``whole`` (the group's bytes) into one view per leaf, in its slots."""
-    typed = whole[run.offset : run.offset + run.nbytes].view(run.dtype)
-    views: Sequence[torch.Tensor]
-    if run.shape is not None:
-        views = typed.view(len(run.leaves), *run.shape).unbind(0)
-    else:
-        parts = torch.split(typed, [t.numel() for t in run.leaves])
-        views = [p if t.dim() == 1 else p.view(t.shape) for p, t in zip(parts, run.leaves, strict=True)]
-    for n, v in zip(run.slots, views, strict=True):
-        slots[n] = v
 
 
 # --- host to device ---------------------------------------------------------------------------
@@ -334,43 +176,6 @@ def _copier(pairs: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]) -> C
             np.copyto(dst, src, casting="no")  # NumPy drops the GIL for the copy
 
     return run
-
-
-class _Ring:
-    """The pinned buffers one transfer borrowed, with each one's pending work."""
-
-    def __init__(self, backend: Backend, jobs: int, cfg: TransferConfig) -> None:
-        self.bufs = POOL.borrow(backend, min(cfg.ring, jobs), cfg)
-        self.views = [b.numpy() for b in self.bufs]
-        self.events: list[Event | None] = [None] * len(self.bufs)
-        self.work: list[list[Future[None]]] = [[] for _ in self.bufs]
-
-    def wait_work(self, slot: int) -> None:
-        try:
-            for f in self.work[slot]:
-                f.result()
-        finally:
-            self.work[slot] = []
-
-    def close(self) -> None:
-        """Give the buffers back, after every host copy that touches them has finished."""
-        for slot in range(len(self.bufs)):
-            for f in self.work[slot]:
-                f.exception()  # waits; a failure was already raised to the caller, or will be
-            POOL.give_back(self.bufs[slot], self.events[slot])
-
-
-def _piece(cfg: TransferConfig) -> int:
-    return max(_MIN_PIECE, cfg.chunk_bytes // cfg.threads)
-
-
-def _submit(tasks: list[Callable[[], None]], nbytes: int, cfg: TransferConfig) -> list[Future[None]]:
-    if nbytes < min(_INLINE_BYTES, cfg.chunk_bytes // 2) or cfg.threads == 1:
-        for task in tasks:
-            task()
-        return []
-    pool = _threads(cfg)
-    return [pool.submit(task) for task in tasks]
 
 
 def _run_uploads(jobs: list[_Job], backend: Backend, device: torch.device, cfg: TransferConfig) -> None:
