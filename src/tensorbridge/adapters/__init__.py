@@ -3,7 +3,7 @@
 | adapter | leaves | module |
 |---|---|---|
 | layouts | quantized, nested tensors; DTensor, FakeTensor (refused) | ``layouts.py``, ``quantized.py``, ``nested.py`` |
-| pandas | Series, DataFrame, Index | ``pandas.py``, ``pandas_columns.py``, ``pandas_frames.py``, ``pandas_datetimes.py`` |
+| pandas | Series, DataFrame, Index | ``pandas.py`` (+ ``pandas_columns``, ``_frames``, ``_datetimes``) |
 | sparse | SciPy/torch sparse (COO, CSR, CSC, BSR) | ``sparse.py``, ``sparse_from_scipy.py``, ``sparse_to_scipy.py`` |
 | devices | ``__dlpack__`` / ``__cuda_array_interface__`` producers on a GPU (CuPy, JAX on GPU) | ``devices.py`` |
 | arrays | what NumPy can view: buffers, ``__array_interface__``, CPU ``__dlpack__``, ``__array__`` | ``arrays.py`` |

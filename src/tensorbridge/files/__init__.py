@@ -4,7 +4,7 @@
 |---|---|---|
 | NumPy array | ``.npy`` | ``npy_files.py`` |
 | NumPy archive | ``.npz`` | ``npz_files.py``, ``npz_zip.py``, ``npz_records.py`` |
-| torch.save | ``.pt``, ``.pth``, ``.bin`` | ``torch_files.py``, ``pickle_scan.py`` + ``pickle_rules.py`` + ``pickle_standins.py`` (reading), ``pt_writer.py`` + ``pt_pickle.py`` (writing) |
+| torch.save | ``.pt``, ``.pth``, ``.bin`` | ``torch_files.py``; reading ``pickle_*.py``, writing ``pt_*.py`` |
 | safetensors | ``.safetensors`` | ``safetensors_files.py`` |
 """
 
