@@ -120,9 +120,11 @@ def to_tensor(
         non_blocking: for device moves. ``None`` (default): every copy is queued at once and
             the call synchronizes once at the end; ``False``: the same guarantee, with each
             direct (torch ``.to()``) copy blocking as it goes;
-            ``True``: returns as soon as the copies are queued, ordered on the device's current
-            stream (later work on that stream sees the data). Pageable inputs may be reused at
-            once in every mode; a pinned input must not be modified until the copy is done.
+            ``True``: returns without waiting for the last copies, ordered on the device's
+            current stream (later work on that stream sees the data); a staged leaf with more
+            chunks than the staging ring still waits for its earlier chunks to leave their
+            buffers. Pageable inputs may be reused at once in every mode; a pinned input must
+            not be modified until the copy is done.
             Copies to the host always finish before the call returns.
         dense: densify SciPy sparse matrices instead of making sparse tensors.
         na_value: what missing values in pandas columns become; by default they raise.
