@@ -9,7 +9,15 @@ checking synchronization:
 - events complete only when the worker reaches them;
 - fresh device memory is filled with 0xAB garbage, so a result read before its copy has
   landed is visibly wrong;
-- pinned buffers are tracked, so tests can see how much pinned memory is alive.
+- pinned buffers are tracked, so tests can see how much pinned memory is alive;
+- ``move(non_blocking=True)`` from pinned memory lands late too. The fake's pinned memory
+  behaves like torch's caching host allocator: once the last tensor over a block is gone, the
+  block is "reused" (filled with ``POISON``), unless a late copy from the block *itself* is
+  pending (torch records an event on the block then). A copy whose source only points into a
+  block (a NumPy view at an offset, memory pinned by another library: ``foreign_pinned``) does
+  not protect it, so a late copy reads poison if nobody kept its source alive;
+- device operations are counted, and so are host waits on events recorded after them:
+  ``unsettled()`` says whether a device operation may still be running (none waited for).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Any, ClassVar
 import torch
 
 GARBAGE = 0xAB
+POISON = 0xEE  # what a freed pinned block holds once it has been reused
 
 
 class FakeCudaTensor(torch.Tensor):
@@ -35,11 +44,14 @@ class FakeCudaTensor(torch.Tensor):
     """
 
     backend: ClassVar[FakeCuda | None] = None
+    index: ClassVar[int] = 0
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if FakeCudaTensor.backend is not None and getattr(func, "__name__", "") not in _METADATA:
-            FakeCudaTensor.backend.drain()
+        backend = FakeCudaTensor.backend
+        if backend is not None and getattr(func, "__name__", "") not in _METADATA:
+            backend.drain()
+            backend.launched(t.index for t in types if isinstance(t, type) and issubclass(t, FakeCudaTensor))
         return super().__torch_function__(func, types, args, kwargs or {})
 
 
@@ -75,7 +87,9 @@ _CLASSES: dict[int, type[FakeCudaTensor]] = {}
 def fake_class(index: int) -> type[FakeCudaTensor]:
     if index not in _CLASSES:
         device = torch.device("cuda", index)
-        _CLASSES[index] = type(f"FakeCuda{index}", (FakeCudaTensor,), {"device": property(lambda self: device)})
+        _CLASSES[index] = type(
+            f"FakeCuda{index}", (FakeCudaTensor,), {"device": property(lambda self: device), "index": index}
+        )
     return _CLASSES[index]
 
 
@@ -93,9 +107,10 @@ def on_fake(t: torch.Tensor, index: int = 0) -> torch.Tensor:
 class FakeEvent:
     """Completes when the stream reaches it; a waiting host thread may wake up late (``lag``)."""
 
-    def __init__(self, lag: float = 0.0) -> None:
+    def __init__(self, lag: float = 0.0, on_wait: Callable[[], None] | None = None) -> None:
         self._done = threading.Event()
         self.lag = lag
+        self.on_wait = on_wait
 
     def query(self) -> bool:
         return self._done.is_set()
@@ -105,6 +120,8 @@ class FakeEvent:
             raise AssertionError("fake event never completed: a deadlock?")
         if self.lag:
             time.sleep(self.lag)  # the stream runs on meanwhile
+        if self.on_wait is not None:
+            self.on_wait()
 
     def set(self) -> None:
         self._done.set()
@@ -154,6 +171,13 @@ class FakeCuda:
         self.moves = 0
         self.cache_empties = 0
         self.fail_copies = False
+        # pinned blocks: data_ptr -> (the memory, kept here, and whether torch's allocator owns it)
+        self.blocks: dict[int, tuple[torch.Tensor, bool]] = {}
+        self.handles: dict[int, weakref.ref[torch.UntypedStorage]] = {}  # the storage tensors over a block share
+        self.kernels = [0] * devices  # device operations launched, per device
+        self.settled = [0] * devices  # of those, how many a host wait has covered
+        self.selected = threading.local()  # each thread's current device (``use``)
+        self.wait_streams: list[tuple[int, torch.device]] = []
 
     # facts
     def available(self) -> bool:
@@ -175,17 +199,40 @@ class FakeCuda:
 
     # memory
     def empty_pinned(self, nbytes: int) -> torch.Tensor:
-        t = torch.full((nbytes,), GARBAGE, dtype=torch.uint8)
+        return self._pinned(nbytes, owned=True)
+
+    def foreign_pinned(self, nbytes: int) -> torch.Tensor:
+        """Pinned memory torch's allocator does not own (another library pinned it): no copy protects it."""
+        return self._pinned(nbytes, owned=False)
+
+    def _pinned(self, nbytes: int, *, owned: bool) -> torch.Tensor:
+        mem = torch.full((nbytes,), GARBAGE, dtype=torch.uint8)  # kept here: late copies never read freed memory
+        t = torch.from_numpy(mem.numpy())  # its own storage: the tensors handed out, not the fake, keep it alive
+        ptr = t.data_ptr()
+        storage = t.untyped_storage()
         with self.lock:
-            self.pinned[t.data_ptr()] = nbytes
+            self.pinned[ptr] = nbytes
             self.pinned_allocs += 1
+            self.blocks[ptr] = (mem, owned)
+            self.handles[ptr] = weakref.ref(storage)
         # Tied to the memory (the storage), not to this tensor object: views keep it pinned.
-        weakref.finalize(t.untyped_storage(), self._forget, t.data_ptr())
+        weakref.finalize(storage, self._forget, ptr)
         return t
 
     def _forget(self, ptr: int) -> None:
         with self.lock:
             self.pinned.pop(ptr, None)
+            self.handles.pop(ptr, None)
+            block = self.blocks.pop(ptr, None)
+        if block is not None:
+            block[0].fill_(POISON)  # another allocation got the block and wrote to it
+
+    def _block_of(self, ptr: int) -> tuple[int, torch.Tensor, bool] | None:
+        with self.lock:
+            for start, (mem, owned) in self.blocks.items():
+                if start <= ptr < start + mem.numel():
+                    return start, mem, owned
+        return None
 
     def live_pinned_bytes(self) -> int:
         with self.lock:
@@ -216,8 +263,16 @@ class FakeCuda:
         self.streams[fake.device.index or 0].put(run)
 
     def record(self, device: torch.device) -> FakeEvent:
-        event = FakeEvent(self.rng.uniform(0, self.delay) if self.delay else 0.0)
-        self.streams[self._index(device)].put(event.set)
+        index = self._index(device)
+        with self.lock:
+            upto = self.kernels[index]
+
+        def waited() -> None:
+            with self.lock:
+                self.settled[index] = max(self.settled[index], upto)
+
+        event = FakeEvent(self.rng.uniform(0, self.delay) if self.delay else 0.0, waited)
+        self.streams[index].put(event.set)
         return event
 
     def sync(self, index: int | None = None) -> None:
@@ -225,10 +280,37 @@ class FakeCuda:
             self.record(torch.device("cuda", i)).synchronize()
 
     def drain(self) -> None:
-        """Wait for queued work on every stream, if there is any."""
-        for i, stream in enumerate(self.streams):
+        """Wait for queued work on every stream, if there is any (an operation's own ordering: no host wait)."""
+        for stream in self.streams:
             if stream.pending:
-                self.sync(i)
+                event = FakeEvent()
+                stream.put(event.set)
+                event.synchronize()
+
+    def launched(self, indices: Any) -> None:
+        """A device operation on the devices ``indices`` (it runs at once here, but may not on a GPU)."""
+        with self.lock:
+            for i in set(indices):
+                self.kernels[i] += 1
+
+    def unsettled(self) -> list[int]:
+        """The devices with an operation launched after the last host wait on them."""
+        with self.lock:
+            return [i for i in range(self.devices) if self.kernels[i] > self.settled[i]]
+
+    def use(self, device: torch.device) -> None:
+        self.selected.device = self._index(device)
+
+    def current_selection(self) -> int | None:
+        """The calling thread's device selected through ``use``, or None."""
+        return getattr(self.selected, "device", None)
+
+    def deselect(self) -> None:
+        self.selected.device = None
+
+    def wait_stream(self, stream: int, device: torch.device) -> None:
+        with self.lock:
+            self.wait_streams.append((stream, device))
 
     def move(self, t: torch.Tensor, device: torch.device, non_blocking: bool) -> torch.Tensor:
         if self.fail_copies:
@@ -239,8 +321,45 @@ class FakeCuda:
             self.sync(t.device.index)
         if device.type == "cpu":
             return plain(t).clone()
+        if non_blocking and self.is_pinned(t):
+            return self._late_upload(t, self._index(device))
         self.sync(self._index(device))
         return plain(t).clone().as_subclass(fake_class(self._index(device)))
+
+    def _late_upload(self, t: torch.Tensor, index: int) -> torch.Tensor:
+        """``t.to(cuda:index, non_blocking=True)`` from pinned memory: the copy reads the source when it runs."""
+        src = plain(t).detach()
+        out = torch.empty_like(src)
+        out.untyped_storage().fill_(GARBAGE)
+        keep = self._unprotected(src)
+        pause = self.rng.uniform(0, self.delay) if self.delay else 0.0
+        del src
+
+        def run() -> None:
+            if pause:
+                time.sleep(pause)
+            out.copy_(keep)
+
+        self.streams[index].put(run)
+        return out.as_subclass(fake_class(index))
+
+    def _unprotected(self, src: torch.Tensor) -> torch.Tensor:
+        """What a late copy from ``src`` reads: ``src`` itself (kept alive) when torch's allocator
+        would protect it, else the same bytes through the block, not keeping the caller's tensors alive."""
+        found = self._block_of(src.data_ptr())
+        if found is None:
+            return src
+        start, mem, owned = found
+        storage = src.untyped_storage()
+        with self.lock:
+            handle = self.handles.get(start)
+        if owned and handle is not None and handle() is storage:
+            return src  # the block itself: torch records an event on it, so it is not reused mid-copy
+        offset = storage.data_ptr() - start
+        if offset % src.element_size():
+            return src
+        at = src.storage_offset() + offset // src.element_size()
+        return torch.empty(0, dtype=src.dtype).set_(mem.untyped_storage(), at, src.shape, src.stride())
 
     def empty_host_cache(self) -> None:
         self.cache_empties += 1

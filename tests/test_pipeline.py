@@ -393,3 +393,24 @@ def test_sparse_and_nested_tensors_never_share_a_dense_kinds_plan(kind: str, fir
             else:
                 assert [a.tolist() for a in out] == [[1.0, 1.0], [1.0, 1.0, 1.0]]
     assert "adopt" in str(tb.explain(special, to="numpy")) and "adopt" not in str(tb.explain(dense, to="numpy"))
+
+
+def test_the_cache_keeps_no_leaf_alive() -> None:
+    # A cached recipe is made from the first leaf of its kind; it must not hold on to it (a
+    # large array would live as long as the process).
+    import gc
+    import weakref
+
+    for make_leaf, convert in [
+        (lambda: np.zeros((3, 5), dtype=np.float16)[:, ::-1], tb.to_tensor),
+        (lambda: np.zeros(7, dtype=">i4"), tb.to_tensor),
+        (lambda: torch.zeros(6, dtype=torch.bfloat16, requires_grad=False), tb.to_numpy),
+    ]:
+        tb.configure_plan_cache(maxsize=0)
+        tb.configure_plan_cache(maxsize=4096)  # emptied: the next leaf is its kind's first
+        first = make_leaf()
+        ref = weakref.ref(first)
+        out = convert({"x": first})
+        del first, out
+        gc.collect()
+        assert ref() is None, "the plan cache keeps the first leaf of a kind alive"

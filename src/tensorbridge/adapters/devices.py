@@ -26,6 +26,7 @@ from torch.utils.dlpack import from_dlpack
 
 from ..errors import DeviceError, UnsupportedError
 from ..plan.core import ToNumpyOptions, ToTensorOptions
+from ..transfer.devices import backend_for
 from .arrays import _on_host
 from .base import Adoption
 
@@ -61,7 +62,9 @@ def _import(obj: Any, path: str, what: str, copy: bool | None) -> Adoption:
 
     def run() -> torch.Tensor:
         try:
-            t = from_dlpack(obj) if dlpack else torch.as_tensor(obj)
+            t = from_dlpack(obj) if dlpack else _as_tensor(obj)
+            if not dlpack:
+                _wait_for_producer(obj, t.device, kind)
         except (RuntimeError, TypeError, AssertionError, BufferError) as err:
             raise DeviceError(
                 what,
@@ -76,6 +79,32 @@ def _import(obj: Any, path: str, what: str, copy: bool | None) -> Adoption:
     if immutable:
         return Adoption("adopt_copy", why + ", copied on its device: JAX arrays are immutable", run, source=kind)
     return Adoption("adopt", why + ": the same device memory, no copy", run, source=kind)
+
+
+def _as_tensor(obj: Any) -> torch.Tensor:
+    """Torch's import of a ``__cuda_array_interface__`` producer (no copy)."""
+    return torch.as_tensor(obj)
+
+
+def _wait_for_producer(obj: Any, device: torch.device, kind: str) -> None:
+    """Order the current stream after the work the producer queued on its stream (CAI v3 ``stream``).
+
+    Torch's import ignores ``stream``: without the wait, kernels on the current stream could read
+    the memory before the producer's stream has written it. ``None`` (or no key): no wait is
+    needed; 1 and 2: the legacy and per-thread default streams; 0 is disallowed by the protocol.
+    """
+    cai = obj.__cuda_array_interface__
+    stream = cai.get("stream") if isinstance(cai, dict) else None
+    if stream is None:
+        return
+    if isinstance(stream, bool) or not isinstance(stream, int) or stream == 0:
+        raise TypeError(
+            f"{kind} states stream={stream!r} in __cuda_array_interface__: the protocol wants None "
+            "or a nonzero stream handle (1: legacy default stream, 2: per-thread default stream)"
+        )
+    backend = backend_for(device.type)
+    if backend is not None:
+        backend.wait_stream(stream, device)
 
 
 class _Devices:

@@ -125,6 +125,11 @@ def recipe_for(plan: Plan, leaf: Any, own: bool, odd: Callable[[Any], bool] | No
     """
     steps = plan.steps
     own = own or plan.error is not None or any(s.kind in ("adopt", "adopt_copy") for s in steps)
+    if not own:
+        # A cached recipe must not keep its first leaf alive (the plan's description closes over
+        # it): keep only the kind's target, which is the same for every leaf of the kind.
+        target = plan.target
+        plan = Plan(plan.path, lambda: ("the first leaf of this kind", target), steps)
     cut = next((i for i, s in enumerate(steps) if s.kind in ("to_device", "to_host")), -1)
     head = steps if cut < 0 else steps[:cut]
     tail = () if cut < 0 else steps[cut + 1 :]

@@ -21,7 +21,7 @@ from ..options import ToNumpyOptions, ToTensorOptions
 from ..plan.core import Plan
 from ..plan.routes import Transfer, assign_transfers
 from ..transfer.config import current
-from ..transfer.engine import move
+from ..transfer.engine import deferred_wait, finish, move
 from ..tree import LEAF_TYPES, ROOT, Path, format_path, iter_leaves, map_leaves
 from . import cache
 from .kinds import INERT, Keyer, keyer_for, odd
@@ -244,13 +244,23 @@ def _alone(x: Any, opts: Options) -> Any:
     routed = assign_transfers([tr], cfg)[0]
     assert routed is not None
     items = [(mid, routed)]
+    late = _late(opts, [(recipe, routed)])
     try:
-        (moved,) = move(items, opts.non_blocking)
+        with deferred_wait(late):
+            (moved,) = move(items, opts.non_blocking)
     except ConversionError:
         raise
     except (MemoryError, RuntimeError, TypeError, ValueError, AssertionError) as err:
         raise _copy_failed(err, items, format_path(ROOT)) from err
-    return moved if recipe.after is None else _after(recipe, moved, x, opts, ROOT)
+    if recipe.after is None:
+        return moved
+    try:
+        out = _after(recipe, moved, x, opts, ROOT)
+    except BaseException:
+        _finish(items, late, ROOT, failed=True)
+        raise
+    _finish(items, late, ROOT)
+    return out
 
 
 def _together(data: Any, opts: Options) -> Any:
@@ -265,10 +275,54 @@ def _together(data: Any, opts: Options) -> Any:
     except Exception:  # the steps have no effects: again leaf by leaf, for an error naming its leaf
         mids = [x if r is None else _before(r, x, opts, p) for r, (p, x) in zip(recipes, leaves, strict=True)]
     moving = [n for n, tr in enumerate(trs) if tr is not None]
+    items: list[tuple[Any, Transfer]] = [(mids[n], trs[n]) for n in moving]  # type: ignore[misc]
+    late = _late(opts, [(recipes[n], trs[n]) for n in moving])
+    first = leaves[moving[0]][0] if moving else ROOT
+    try:
+        out = _moved(data, opts, leaves, recipes, mids, moving, items, late)
+    except BaseException:
+        _finish(items, late, first, failed=True)
+        raise
+    _finish(items, late, first)
+    return out
+
+
+def _finish(items: list[tuple[Any, Transfer]], late: bool, first: Path, *, failed: bool = False) -> None:
+    """The call's final wait when :func:`_late` deferred it (after a failure: best effort, the failure stands)."""
+    if not late:
+        return
+    try:
+        finish(items)
+    except (RuntimeError, AssertionError) as err:
+        if not failed:
+            raise _copy_failed(err, items, format_path(first)) from err
+
+
+def _late(opts: Options, moving: list[tuple[Recipe | None, Transfer | None]]) -> bool:
+    """Whether device work follows a copy to a device in a call that returns with its device work done.
+
+    Then the copies' final wait is the call's last step (:func:`finish`), after that work.
+    """
+    if opts.non_blocking is True:
+        return False
+    return any(r is not None and r.after is not None and tr is not None and tr.direction != "d2h" for r, tr in moving)
+
+
+def _moved(
+    data: Any,
+    opts: Options,
+    leaves: list[tuple[Path, Any]],
+    recipes: list[Recipe | None],
+    mids: list[Any],
+    moving: list[int],
+    items: list[tuple[Any, Transfer]],
+    late: bool,
+) -> Any:
+    """:func:`_together` from the copies on: the copies, the steps after them, the rebuild."""
     if moving:
-        items: list[tuple[Any, Transfer]] = [(mids[n], trs[n]) for n in moving]  # type: ignore[misc]
         try:
-            moved = move(items, opts.non_blocking)
+            with deferred_wait(late):
+                moved = move(items, opts.non_blocking)
         except ConversionError:
             raise
         except (MemoryError, RuntimeError, TypeError, ValueError, AssertionError) as err:

@@ -80,6 +80,14 @@ class Backend(Protocol):
         """Return cached pinned memory that no tensor uses to the system."""
         ...
 
+    def use(self, device: torch.device) -> None:
+        """Make ``device`` the calling thread's current device (engine threads call it first)."""
+        ...
+
+    def wait_stream(self, stream: int, device: torch.device) -> None:
+        """Make ``device``'s current stream wait for the work queued so far on the raw stream handle ``stream``."""
+        ...
+
 
 class CudaBackend:
     """CUDA through torch: pinned memory from torch's host allocator, copies on the current stream."""
@@ -128,6 +136,16 @@ class CudaBackend:
         if empty is not None:  # torch >= 2.9; older versions keep the cache until exit
             empty()
 
+    def use(self, device: torch.device) -> None:
+        # A thread that makes a CUDA call with no device selected opens a context on GPU 0
+        # (hundreds of MiB there, in every process that only uses another GPU).
+        torch.cuda.set_device(device)
+
+    def wait_stream(self, stream: int, device: torch.device) -> None:
+        # 1 and 2 are the legacy and per-thread default streams: CUDA takes them as handles.
+        producer = torch.cuda.ExternalStream(stream, device=device)  # type: ignore[no-untyped-call]  # untyped in torch
+        torch.cuda.current_stream(device).wait_stream(producer)
+
 
 # float64 (and complex128, two of them) have no MPS kernels.
 _MPS_LACKS: Final = frozenset({torch.float64, torch.complex128})
@@ -172,6 +190,12 @@ class MpsBackend:
         return t.to(device, non_blocking=non_blocking)
 
     def empty_host_cache(self) -> None:
+        return None
+
+    def use(self, device: torch.device) -> None:
+        return None
+
+    def wait_stream(self, stream: int, device: torch.device) -> None:
         return None
 
 

@@ -35,8 +35,10 @@ import numpy as np
 import torch
 
 from ..plan.routes import Transfer, wire_dtype
+from . import inflight as _inflight
 from .config import TransferConfig, current
 from .devices import Backend, Event, backend_for
+from .inflight import deferred_wait, finish
 from .packing import Run as _Run
 from .packing import layout as _layout
 from .packing import pack as _pack
@@ -51,7 +53,7 @@ from .staging import pieces_of as _blocks
 from .staging import resolved as _resolved
 from .staging import submit as _submit
 
-__all__ = ["move"]
+__all__ = ["deferred_wait", "finish", "move"]
 
 # How often a thread waiting for a staging buffer looks at fills that may have finished.
 _POLL_S: Final = 50e-6
@@ -208,7 +210,7 @@ def _run_uploads(jobs: list[_Job], backend: Backend, device: torch.device, cfg: 
                     event.synchronize()  # the buffer's last copy has left it
                     break
             tasks = _fill_tasks(job, ring.views[slot], ring.bufs[slot], cfg)
-            ring.work[slot] = _submit(tasks, job.nbytes, cfg)
+            ring.work[slot] = _submit(tasks, job.nbytes, cfg, backend, device)
             pending.append(j)
         while pending:
             issue(pending.popleft())
@@ -292,7 +294,8 @@ def _run_downloads(jobs: list[_Job], backend: Backend, device: torch.device, cfg
             backend.copy(ring.bufs[slot][: job.nbytes], job.dev)
             event = backend.record(device)
             ring.events[slot] = event
-            ring.work[slot] = _submit(_drain_tasks(job, ring.views[slot], event, cfg), job.nbytes, cfg)
+            tasks = _drain_tasks(job, ring.views[slot], event, cfg)
+            ring.work[slot] = _submit(tasks, job.nbytes, cfg, backend, device)
         for slot in range(width):
             ring.wait_work(slot)
     finally:
@@ -310,11 +313,13 @@ def move(items: Sequence[tuple[torch.Tensor, Transfer]], non_blocking: bool | No
             tensors for device-to-host and device-to-device.
         non_blocking: ``None`` and ``False``: every copy has finished when this returns (with
             ``False`` each direct copy also blocks as it goes, staged and packed ones are
-            waited for together); ``True``: host-to-device copies may still be on the wire when
-            this returns (ordered on the device's current stream). Device-to-host results are
-            always complete on return.
+            waited for together), unless :func:`deferred_wait` hands that last wait to the
+            caller; ``True``: host-to-device copies may still be on the wire when this returns
+            (ordered on the device's current stream; their sources are kept alive until they
+            have finished). Device-to-host results are always complete on return.
     """
     cfg = current()
+    _inflight.prune()
     results: list[torch.Tensor | None] = [None] * len(items)
     batches: dict[int, list[int]] = {}  # by lane: one direction, source and target each
     for n, (_, tr) in enumerate(items):
@@ -328,10 +333,12 @@ def move(items: Sequence[tuple[torch.Tensor, Transfer]], non_blocking: bool | No
         # With nothing staged, None's guarantee (every copy done on return) is each direct copy
         # blocking as it goes: no event to record and wait for at the end.
         blocking = direction == "d2h" or non_blocking is False or (non_blocking is None and not staged)
+        sources: list[torch.Tensor] = []
         for n in members:
             t, tr = items[n]
             if tr.route != "staged" and tr.route != "packed":
                 results[n] = _direct(t, tr, backend, non_blocking=not blocking)
+                sources.append(t)
         if staged:
             assert backend is not None
             sub = [items[n] for n in staged]
@@ -343,8 +350,12 @@ def move(items: Sequence[tuple[torch.Tensor, Transfer]], non_blocking: bool | No
                 _run_downloads(jobs, backend, device, cfg)
             for n, out in zip(staged, outs, strict=True):
                 results[n] = out
-        waits = direction != "d2h" and non_blocking is not True and (bool(staged) or not blocking)
-        if waits and backend is not None and backend.staging:
+        if backend is None or not backend.staging or direction == "d2h":
+            continue
+        if non_blocking is True:
+            if sources:  # copies that may still read them: torch's allocator protects only its own blocks
+                _inflight.hold(backend.record(device), sources)
+        elif not _inflight.deferred() and (staged or not blocking):
             backend.record(device).synchronize()
     done = [r for r in results if r is not None]
     assert len(done) == len(items)

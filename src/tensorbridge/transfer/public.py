@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+from . import inflight
 from .config import TransferConfig, configure
 from .pinned import POOL, PoolStats
 
@@ -36,7 +37,8 @@ def transfer_stats() -> PoolStats:
 def release_pinned() -> None:
     """Free the pinned staging buffers no transfer is using, and return torch's cached pinned memory.
 
-    Buffers still on the wire are freed once their copy has finished. The next transfer
+    Buffers still on the wire are freed once their copy has finished; so are the sources of
+    ``non_blocking=True`` copies tensorbridge keeps alive until they land. The next transfer
     allocates afresh (about a second per GiB of pinned memory).
 
     Example:
@@ -45,4 +47,5 @@ def release_pinned() -> None:
         >>> tb.transfer_stats().held_bytes
         0
     """
+    inflight.settle()
     POOL.release()

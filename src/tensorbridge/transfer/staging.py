@@ -136,11 +136,22 @@ def piece(cfg: TransferConfig) -> int:
     return max(_MIN_PIECE, cfg.chunk_bytes // cfg.threads)
 
 
-def submit(tasks: list[Callable[[], None]], nbytes: int, cfg: TransferConfig) -> list[Future[None]]:
-    """Run ``tasks`` on the copy threads (or here, when they are too small to be worth a hop)."""
+def submit(
+    tasks: list[Callable[[], None]], nbytes: int, cfg: TransferConfig, backend: Backend, device: torch.device
+) -> list[Future[None]]:
+    """Run ``tasks`` on the copy threads (or here, when they are too small to be worth a hop).
+
+    Each task on a copy thread first selects ``device``: a CUDA call (an event wait) from a thread
+    with no device selected would open a context on GPU 0, in processes that only use another GPU.
+    """
     if nbytes < min(_INLINE_BYTES, cfg.chunk_bytes // 2) or cfg.threads == 1:
         for task in tasks:
             task()
         return []
     pool = threads(cfg)
-    return [pool.submit(task) for task in tasks]
+    return [pool.submit(_on_device, backend, device, task) for task in tasks]
+
+
+def _on_device(backend: Backend, device: torch.device, task: Callable[[], None]) -> None:
+    backend.use(device)
+    task()
