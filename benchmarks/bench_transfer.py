@@ -6,12 +6,17 @@ Run on the GPU machine (from the repository root, with the dev venv active):
     python benchmarks/bench_transfer.py            # full: 1 GiB cases, about a minute on an H100
     python benchmarks/bench_transfer.py --quick    # 64 MiB cases, fewer repeats
     python benchmarks/bench_transfer.py --fake --quick   # no GPU: CI's smoke run (< 30 s on 2 cores)
+    python benchmarks/bench_transfer.py --only 1,2,3,5   # only the big cases against the raw pinned copy
 
 Cases, each timed against its baseline in the same loop:
 
   1. ceiling: a raw copy of the same bytes between a pinned host buffer and the device, each way
      (``dst.copy_(src, non_blocking=True)`` then ``torch.cuda.synchronize()``), in GB/s. Cases
-     2, 3 and 5 time this copy again inside their own loops and compare against that.
+     2, 3 and 5 time this copy again inside their own loops and compare against that. The H2D
+     ceiling is checked against the PCIe link ``nvidia-smi`` reports (queried right after the
+     copies, as an idle link may train down): below 0.6x of the link's raw bandwidth, or below
+     10 GB/s when no link is reported, the machine is flagged SUSPECT (a degraded link, a GPU
+     behind a busy switch, the far NUMA node, a loaded host). The link is printed either way.
   2. 1 GiB pageable float32 array -> GPU (staged route): >= 0.8x (aim 0.9x) of the H2D ceiling, and
      >= 1.5x faster than ``torch.from_numpy(x).to("cuda")``.
   3. a 1 GiB ``pin_memory=True`` tensor, and its ``.numpy()`` view -> GPU (pinned route): >= 0.95x
@@ -76,9 +81,17 @@ MiB: Final = 1 << 20
 GiB: Final = 1 << 30
 REPO: Final = Path(__file__).resolve().parent.parent
 NO_CUDA: Final = "no CUDA device: run on a GPU machine, or pass --fake for a smoke run"
-# H2D over PCIe Gen5 x16 reaches ~50-55 GB/s with pinned memory; much less means a degraded
-# link (Gen4, x8), a GPU behind a busy switch, or a loaded host.
-H100_MIN_H2D_GBPS: Final = 45.0
+# Raw PCIe bandwidth per lane and direction, GB/s, by generation (after line coding: 8b/10b up to
+# Gen2, 128b/130b from Gen3; Gen6 counted like Gen5 doubled, less FLIT overhead).
+PCIE_LANE_GBPS: Final = {1: 0.25, 2: 0.5, 3: 0.985, 4: 1.969, 5: 3.938, 6: 7.56}
+# Pinned H2D copies reach 75-90% of the raw rate (Gen5 x16: ~50-55 of 63 GB/s); below this
+# share of the link's raw rate the machine is suspect, whatever the GPU.
+MIN_LINK_SHARE: Final = 0.6
+# Without a reported link: below a Gen3 x16 link's usual ~12 GB/s is slow for any GPU of the
+# last decade.
+MIN_H2D_GBPS: Final = 10.0
+# Case numbers --only accepts (1-8, see above).
+CASES: Final = tuple(str(i) for i in range(1, 9))
 # Fake mode: small chunks, so that a few MiB take every route through many chunks and groups,
 # and two host threads (CI machines have two cores).
 FAKE_CONFIG: Final = {
@@ -123,6 +136,8 @@ class Device:
         empty: ``nbytes`` -> a uint8 device tensor.
         raw_copy: ``dst.copy_(src, non_blocking=True)`` between pinned host and device memory.
         to_host: a device (or host) tensor's values as a host array, for checks.
+        target: the device conversions go to.
+        bus: the GPU's PCI bus id (None: unknown, or fake).
     """
 
     fake: bool
@@ -141,6 +156,7 @@ class Device:
     raw_copy: Callable[[torch.Tensor, torch.Tensor], None]
     to_host: Callable[[torch.Tensor], Array]
     target: str = "cuda"
+    bus: str | None = None  # the GPU's PCI bus id, for nvidia-smi -i
 
 
 def _nvidia_smi(query: str, gpu: str | None = None) -> str | None:
@@ -161,6 +177,49 @@ def _nvidia_smi(query: str, gpu: str | None = None) -> str | None:
     return lines[0].strip()
 
 
+@dataclass(frozen=True)
+class Link:
+    """A PCIe link as ``nvidia-smi`` reports it (generation and lane count, now and at most)."""
+
+    gen: int
+    gen_max: int
+    width: int
+    width_max: int
+
+    @property
+    def raw_gbps(self) -> float:
+        """The raw rate, one direction, of the best link this GPU and slot can train to (GB/s)."""
+        return PCIE_LANE_GBPS.get(self.gen_max, PCIE_LANE_GBPS[6]) * self.width_max
+
+    def __str__(self) -> str:
+        now = f"gen {self.gen} x{self.width}"
+        best = f"gen {self.gen_max} x{self.width_max}"
+        down = "" if (self.gen, self.width) == (self.gen_max, self.width_max) else " (below its max: trained down?)"
+        return f"PCIe {now} now, max {best}{down}: {self.raw_gbps:.1f} GB/s raw per direction"
+
+
+def pcie_link(bus: str | None) -> Link | None:
+    """The GPU's PCIe link from ``nvidia-smi`` (this PCI bus id, else the first GPU), or None."""
+    query = "pcie.link.gen.current,pcie.link.gen.max,pcie.link.width.current,pcie.link.width.max"
+    text = (_nvidia_smi(query, bus) if bus else None) or _nvidia_smi(query)
+    if text is None:
+        return None
+    try:
+        gen, gen_max, width, width_max = (int(p.strip()) for p in text.split(","))
+    except ValueError:
+        return None
+    if min(gen, gen_max, width, width_max) <= 0:
+        return None
+    return Link(gen, gen_max, width, width_max)
+
+
+def h2d_floor(link: Link | None) -> tuple[float, str]:
+    """The H2D ceiling (GB/s) below which the machine is suspect, and where the number comes from."""
+    if link is None:
+        return MIN_H2D_GBPS, "no PCIe link reported; any GPU"
+    return MIN_LINK_SHARE * link.raw_gbps, f"{MIN_LINK_SHARE:g}x of gen {link.gen_max} x{link.width_max}"
+
+
 def cuda_device() -> Device:
     index = torch.cuda.current_device()
     name = torch.cuda.get_device_name(index)
@@ -168,7 +227,7 @@ def cuda_device() -> Device:
     pci = [getattr(props, a, None) for a in ("pci_domain_id", "pci_bus_id", "pci_device_id")]  # torch >= 2.2
     bus = f"{pci[0]:08X}:{pci[1]:02X}:{pci[2]:02X}.0" if all(isinstance(p, int) for p in pci) else None
     driver = _nvidia_smi("driver_version", bus) or _nvidia_smi("driver_version") or "unknown"
-    link = _nvidia_smi("pcie.link.gen.current,pcie.link.gen.max,pcie.link.width.current", bus) if bus else None
+    link = pcie_link(bus)
     info = [
         f"GPU: {name} (cuda:{index} of {torch.cuda.device_count()}, {props.total_memory / GiB:.0f} GiB"
         + (f", PCI {bus}" if bus else "")
@@ -176,8 +235,9 @@ def cuda_device() -> Device:
         f"driver {driver}, CUDA runtime (torch.version.cuda) {torch.version.cuda}",
     ]
     if link is not None:
-        gen, gen_max, width = (p.strip() for p in link.split(","))
-        info.append(f"PCIe link now: gen {gen} (max {gen_max}) x{width} (an idle link may show a lower gen)")
+        info.append(f"{link} (an idle link may show a lower gen; queried again after the ceiling copies)")
+    else:
+        info.append("PCIe link: not reported (no nvidia-smi, or no PCIe link to query)")
 
     def raw_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
         dst.copy_(src, non_blocking=True)
@@ -202,6 +262,7 @@ def cuda_device() -> Device:
         empty=lambda n: torch.empty(n, dtype=torch.uint8, device="cuda"),
         raw_copy=raw_copy,
         to_host=lambda t: t.detach().cpu().numpy(),
+        bus=bus,
     )
 
 
@@ -456,6 +517,7 @@ class Row:
     problems: list[str] = field(default_factory=list)
     suspect: bool = False
     error: bool = False
+    target_note: str = ""  # a ceiling row's expectation (the link, the floor)
 
     @property
     def ratio(self) -> float | None:
@@ -520,7 +582,7 @@ def ratio_text(row: Row) -> str:
 
 def target_text(row: Row) -> str:
     if row.kind == "ceiling":
-        return f"reference (H100 H2D: >= {H100_MIN_H2D_GBPS:g} GB/s)" if "H2D" in row.case else "reference"
+        return f"reference ({row.target_note})" if row.target_note else "reference"
     if row.target is None:
         return "informative"
     aim = f" (aim {row.aim:g}x)" if row.aim is not None else ""
@@ -655,7 +717,19 @@ class Bench:
         if not same_bits(dev.to_host(dst), x.view(np.uint8)) or not same_bits(pinned.numpy(), x):
             problems.append("after the raw copies, the device buffer or the pinned buffer differs from the input")
         h2d_gbps = n / t["h2d"].median / 1e9
-        suspect = not dev.fake and "H100" in dev.name and h2d_gbps < H100_MIN_H2D_GBPS
+        note = ""
+        suspect = False
+        if not dev.fake:
+            link = pcie_link(dev.bus)  # now, after the copies: the link is awake
+            floor, why = h2d_floor(link)
+            suspect = h2d_gbps < floor
+            note = f"H2D >= {floor:.1f} GB/s: {why}"
+            self.notes.append(
+                f"Link right after the ceiling copies: {link if link is not None else 'not reported'}; "
+                f"H2D ceiling {h2d_gbps:.1f} GB/s"
+                + (f" = {h2d_gbps / link.raw_gbps:.2f}x of the raw rate" if link is not None else "")
+                + f", floor {floor:.1f} GB/s ({why})"
+            )
         self.rows.append(
             Row(
                 f"1a. ceiling H2D: pinned -> device copy_ ({fmt_bytes(n)})",
@@ -664,6 +738,7 @@ class Bench:
                 nbytes=n,
                 problems=problems,
                 suspect=suspect,
+                target_note=note,
             )
         )
         self.rows.append(
@@ -677,9 +752,9 @@ class Bench:
         )
         if suspect:
             self.notes.append(
-                f"NOTE: machine suspect: H2D ceiling {h2d_gbps:.1f} GB/s < {H100_MIN_H2D_GBPS:g} GB/s on an H100 "
-                "(PCIe link below Gen5 x16, the process on the far NUMA node, or a busy host?). The ratios "
-                "against the ceiling still hold; absolute speeds are not this GPU's."
+                f"NOTE: machine suspect: H2D ceiling {h2d_gbps:.1f} GB/s < {floor:.1f} GB/s ({why}) on "
+                f"{dev.name} (a link trained down, a busy switch, the process on the far NUMA node, or a busy "
+                "host?). The ratios against the ceiling still hold; absolute speeds are not this GPU's."
             )
 
     def pageable_up(self) -> None:
@@ -914,8 +989,8 @@ class Bench:
             f"executed {executed_routes(dev, cands['tb'])}"
         )
 
-    def run(self) -> None:
-        """Every case in order; a case that raises is reported as ERROR and the others still run."""
+    def run(self, only: frozenset[str] | None = None) -> None:
+        """Every case in order (or those in ``only``); one that raises is reported as ERROR, the others still run."""
         self.setup()
         steps: list[tuple[str, Callable[[], None]]] = [
             ("1. ceiling", self.ceiling),
@@ -928,6 +1003,10 @@ class Bench:
             ("8. float64 -> GPU float32", self.cast_up),
         ]
         for label, case in steps:
+            if only is not None and label.split(".")[0] not in only:
+                if label.startswith("5."):
+                    self.drop_shared()
+                continue
             print(f"running case {label} ...", file=sys.stderr, flush=True)
             try:
                 case()
@@ -1017,14 +1096,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="64 MiB instead of 1 GiB, fewer rounds")
     parser.add_argument("--fake", action="store_true", help="no GPU: the fake backend of tests/fakegpu.py, small sizes")
+    parser.add_argument(
+        "--only",
+        metavar="CASES",
+        help="comma-separated case numbers to run, e.g. 1,2,3,5 (the big cases against the raw pinned copy)",
+    )
     args = parser.parse_args()
+    only = None
+    if args.only is not None:
+        only = frozenset(c.strip() for c in args.only.split(",") if c.strip())
+        if not only or not only <= set(CASES):
+            parser.error(f"--only takes case numbers from {','.join(CASES)}, got {args.only!r}")
     start = time.perf_counter()
     if args.fake:
         with fake_device() as dev:
             sz = sizes_for(True, args.quick)
             header(dev, sz, args.quick)
             bench = Bench(dev, sz)
-            bench.run()
+            bench.run(only)
             return report(bench, args.quick, start)
     if not torch.cuda.is_available():
         print(NO_CUDA)
@@ -1033,7 +1122,7 @@ def main() -> int:
     sz = sizes_for(False, args.quick)
     header(dev, sz, args.quick)
     bench = Bench(dev, sz)
-    bench.run()
+    bench.run(only)
     return report(bench, args.quick, start)
 
 

@@ -6,6 +6,12 @@ pinned, direct. Each test first checks with ``explain()`` that the routes it mea
 the ones planned, so it cannot quietly test one route only. ``torch.cuda._sleep`` keeps a stream
 busy so that copies queue behind it: a missing synchronization then shows up as wrong bytes, read
 on another stream or by the host.
+
+A wait that is missing can also go unseen when the memory a result lands in already holds the
+expected bytes: a block the caching allocator hands back from an earlier case, host memory malloc
+reuses. So each parametrized case draws its data from its own seed (``case_seed``: derived from
+the case's id), the device-to-host reference differs per case, and before a case the free
+blocks cached for the stream under test are filled with garbage (``_garbage_caches``).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +43,10 @@ NON_BLOCKING = [None, False, True]
 BUSY = 100_000_000
 TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 DEVICES = ["cuda:0", pytest.param("cuda:1", marks=TWO_GPUS)]
+# Garbage for the caching allocator: block sizes from large to small (see _garbage_caches).
+GARBAGE_SIZES = (256 << 20, 64 << 20, 16 << 20, 4 << 20, 1 << 20, 256 << 10, 64 << 10, 16 << 10, 4 << 10, 512)
+GARBAGE_MAX_BLOCKS = 2048  # per size: bounds the time one fill takes
+GARBAGE_MAX_BYTES = 8 << 30  # per fill
 
 _ROW = {row.numpy: row for row in EXACT_ROWS}
 _INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -67,6 +78,14 @@ def defaults() -> Iterator[tb.TransferConfig]:
     yield from _settings()
 
 
+@pytest.fixture
+def case_seed(request: pytest.FixtureRequest) -> int:
+    """A seed of this case's own, from its id (its parametrization): no two cases share their data."""
+    callspec = getattr(request.node, "callspec", None)
+    case_id = f"{request.node.originalname}[{callspec.id if callspec is not None else ''}]"
+    return zlib.crc32(case_id.encode()) & 0x3FFF_FFFF  # leaves room for the offsets the tests add
+
+
 # --- device helpers --------------------------------------------------------------------------
 
 
@@ -90,11 +109,55 @@ def _sync_all() -> None:
         torch.cuda.synchronize(i)
 
 
-def _on_stream(kind: str, device: Any) -> contextlib.AbstractContextManager[Any]:
-    """``current``: leave the current stream alone; ``side``: make a new stream current."""
+def _stream_under_test(kind: str, device: Any) -> torch.cuda.Stream:
+    """``current``: ``device``'s current stream; ``side``: a new stream."""
     if kind == "side":
-        return torch.cuda.stream(torch.cuda.Stream(device))
-    return contextlib.nullcontext()
+        return torch.cuda.Stream(device)
+    return torch.cuda.current_stream(device)
+
+
+def _on_stream(stream: torch.cuda.Stream) -> contextlib.AbstractContextManager[Any]:
+    """Make ``stream`` current, unless it already is (then leave the current device alone too)."""
+    if stream == torch.cuda.current_stream(stream.device):
+        return contextlib.nullcontext()
+    return torch.cuda.stream(stream)
+
+
+def _garbage_caches(stream: torch.cuda.Stream, seed: int) -> None:
+    """Fill the free blocks torch's caching allocator holds for ``stream`` with garbage; they stay cached.
+
+    A block freed by an earlier case may still hold the bytes this case expects. Blocks are cached
+    per stream, so the fill runs on the stream under test: for each size, largest first, blocks
+    are allocated (best fit: the cached ones) and filled until the allocator has to reserve new
+    memory, which means no free block of that size is left. That new segment is handed back at
+    once (``empty_cache`` while the garbage blocks are held frees only segments wholly unused),
+    so repeated fills do not grow the cache. Then the garbage is freed: it stays cached, and the
+    next allocations on this stream find it. Synchronized, so that the fill is done before the
+    case queues anything.
+    """
+    device = stream.device
+    pattern = 0xA0 | (seed & 0x0F)  # never 0 or 1 (bool data), differs between cases
+    held: list[torch.Tensor] = []
+    block: torch.Tensor | None = None
+    total = 0
+    with torch.cuda.device(device), torch.cuda.stream(stream):
+        for size in GARBAGE_SIZES:
+            for _ in range(GARBAGE_MAX_BLOCKS):
+                if total + size > GARBAGE_MAX_BYTES:
+                    break
+                reserved = torch.cuda.memory_reserved(device)
+                block = torch.empty(size, dtype=torch.uint8, device=device)
+                if torch.cuda.memory_reserved(device) > reserved:  # the cache had no such block left
+                    del block
+                    torch.cuda.empty_cache()
+                    break
+                block.fill_(pattern)
+                held.append(block)
+                total += size
+        stream.synchronize()
+        held.clear()  # back to the cache, garbage inside
+        block = None
+    stream.synchronize()
 
 
 def _pinned_empty(n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -243,14 +306,14 @@ def _expected_route(tr: Transfer) -> str:
 @pytest.mark.parametrize("non_blocking", NON_BLOCKING)
 @pytest.mark.parametrize("row", EXACT_ROWS, ids=lambda r: r.name)
 def test_every_dtype_and_layout_round_trips_through_every_route(
-    small: tb.TransferConfig, row: tb.dtypes.DtypeRow, non_blocking: bool | None
+    small: tb.TransferConfig, row: tb.dtypes.DtypeRow, non_blocking: bool | None, case_seed: int
 ) -> None:
     size = row.numpy.itemsize
     # 64 KiB leaves (16 chunks through a ring of 3) and 128 B leaves (packed, several groups).
     data = {
         layout: {
-            "big": make(row, (32, 2048 // size), layout, 10 * k),
-            "many": [make(row, (4, max(1, 32 // size)), layout, 1000 + 10 * k + j) for j in range(8)],
+            "big": make(row, (32, 2048 // size), layout, case_seed + 10 * k),
+            "many": [make(row, (4, max(1, 32 // size)), layout, case_seed + 1000 + 10 * k + j) for j in range(8)],
         }
         for k, layout in enumerate(LAYOUTS)
     }
@@ -264,8 +327,9 @@ def test_every_dtype_and_layout_round_trips_through_every_route(
 
     sources = _leaves(data)
     expected = [bits(np.asarray(src)) for src in sources]
-    out = tb.to_tensor(data, device="cuda", non_blocking=non_blocking)
     device = torch.device("cuda", torch.cuda.current_device())
+    _garbage_caches(torch.cuda.current_stream(device), case_seed)
+    out = tb.to_tensor(data, device="cuda", non_blocking=non_blocking)
     # Blocking modes have waited: even a stream not ordered after the copies sees the data.
     read = _device_bits if non_blocking else _read_elsewhere
     for plan, src, want, t in zip(plans, sources, expected, _leaves(out), strict=True):
@@ -282,15 +346,17 @@ def test_every_dtype_and_layout_round_trips_through_every_route(
 
 
 @pytest.mark.parametrize("non_blocking", [None, True])
-def test_megabyte_arrays_with_the_default_settings(defaults: tb.TransferConfig, non_blocking: bool | None) -> None:
-    rng = np.random.default_rng(5)
+def test_megabyte_arrays_with_the_default_settings(
+    defaults: tb.TransferConfig, non_blocking: bool | None, case_seed: int
+) -> None:
+    rng = np.random.default_rng(case_seed + 5)
     pinned = _pinned_empty(1 << 20, torch.float32)  # 4 MiB, page-locked
-    pinned.copy_(torch.from_numpy(_rand(np.float32, (1 << 20,), 1)))
+    pinned.copy_(torch.from_numpy(_rand(np.float32, (1 << 20,), case_seed + 1)))
     data = {
-        "big": _rand(np.float32, (10 << 20,), 2),  # 40 MiB: 3 chunks of 16 MiB
+        "big": _rand(np.float32, (10 << 20,), case_seed + 2),  # 40 MiB: 3 chunks of 16 MiB
         "fortran": np.asfortranarray(rng.standard_normal((1024, 768))),  # 6 MiB, dense
         "reversed": rng.integers(0, 256, (1536, 2048), dtype=np.uint8)[:, ::-1],  # 3 MiB, negative strides
-        "small": [_rand(np.float32, (2048,), 10 + i) for i in range(64)],  # 8 KiB each: one group
+        "small": [_rand(np.float32, (2048,), case_seed + 10 + i) for i in range(64)],  # 8 KiB each: one group
         "pinned": pinned,
         "empty": np.zeros((0, 5), np.float32),
     }
@@ -306,6 +372,7 @@ def test_megabyte_arrays_with_the_default_settings(defaults: tb.TransferConfig, 
 
     sources = _leaves(data)
     expected = [_source_bits(src) for src in sources]
+    _garbage_caches(torch.cuda.current_stream(), case_seed)
     out = tb.to_tensor(data, device="cuda", non_blocking=non_blocking)
     for src in sources:  # pageable sources may be reused at once; the pinned one once the copy is done
         if not (non_blocking and isinstance(src, torch.Tensor)):
@@ -373,30 +440,35 @@ def test_a_thousand_random_round_trips_from_eight_threads(small: tb.TransferConf
 # --- synchronization: copies queued behind a busy stream ---------------------------------------
 
 
-def _upload_data(route: str) -> Any:
+def _upload_data(route: str, seed: int) -> Any:
+    """The inputs for ``route``, drawn from ``seed``."""
     if route == "staged":
         return {
-            "c": _rand(np.float32, (20, 250), 1),  # 20000 B: 5 chunks through a ring of 3
-            "fortran": np.asfortranarray(_rand(np.float64, (30, 40), 2)),
-            "swapped": _rand(np.int16, (60, 50), 3).astype(">i2")[::-1],
+            "c": _rand(np.float32, (20, 250), seed + 1),  # 20000 B: 5 chunks through a ring of 3
+            "fortran": np.asfortranarray(_rand(np.float64, (30, 40), seed + 2)),
+            "swapped": _rand(np.int16, (60, 50), seed + 3).astype(">i2")[::-1],
         }
     if route == "packed":  # plain small native arrays: tensorbridge may skip planning for these
-        return [_rand(dt, (n,), 10 + n) for n in range(1, 13) for dt in (np.float32, np.uint8, np.complex128)]
+        return [_rand(dt, (n,), seed + 10 + n) for n in range(1, 13) for dt in (np.float32, np.uint8, np.complex128)]
     if route == "packed_planned":  # a byte-swapped and a broadcast leaf: planned leaf by leaf
         return {
-            "swapped": _rand(np.float64, (20,), 4).astype(">f8"),
-            "broadcast": np.broadcast_to(_rand(np.int32, (8,), 5), (3, 8)),
-            "rest": [_rand(np.int64, (k + 1, 3), 20 + k) for k in range(6)],
+            "swapped": _rand(np.float64, (20,), seed + 4).astype(">f8"),
+            "broadcast": np.broadcast_to(_rand(np.int32, (8,), seed + 5), (3, 8)),
+            "rest": [_rand(np.int64, (k + 1, 3), seed + 20 + k) for k in range(6)],
         }
     if route == "direct":  # too few small leaves to pack
-        return {"a": _rand(np.float32, (100,), 6), "b": _rand(np.int8, (7, 3), 7), "c": _rand(np.float64, (2,), 8)}
+        return {
+            "a": _rand(np.float32, (100,), seed + 6),
+            "b": _rand(np.int8, (7, 3), seed + 7),
+            "c": _rand(np.float64, (2,), seed + 8),
+        }
     if route == "lone":  # one small array on its own
-        return _rand(np.float32, (100,), 9)
+        return _rand(np.float32, (100,), seed + 9)
     assert route == "pinned"
     p = _pinned_empty(3000, torch.float32)
-    p.copy_(torch.from_numpy(_rand(np.float32, (3000,), 11)))
+    p.copy_(torch.from_numpy(_rand(np.float32, (3000,), seed + 11)))
     q = _pinned_empty(2000, torch.int64)
-    q.copy_(torch.from_numpy(_rand(np.int64, (2000,), 12)))
+    q.copy_(torch.from_numpy(_rand(np.int64, (2000,), seed + 12)))
     return {"tensor": p, "view": q.numpy()}
 
 
@@ -415,15 +487,17 @@ _UPLOAD_ROUTES = {
 @pytest.mark.parametrize("data_kind", list(_UPLOAD_ROUTES))
 @pytest.mark.parametrize("device", DEVICES)
 def test_uploads_queued_behind_a_busy_stream_are_exact(
-    small: tb.TransferConfig, device: str, data_kind: str, non_blocking: bool | None, stream: str
+    small: tb.TransferConfig, device: str, data_kind: str, non_blocking: bool | None, stream: str, case_seed: int
 ) -> None:
     dev = torch.device(device)
-    data = _upload_data(data_kind)
+    data = _upload_data(data_kind, case_seed)
     assert set(_routes(tb.explain(data, device=dev))) == {_UPLOAD_ROUTES[data_kind]}
     sources = _leaves(data)
     expected = [_source_bits(src) for src in sources]
     pinned_input = data_kind == "pinned"
-    with _on_stream(stream, dev):
+    s = _stream_under_test(stream, dev)
+    _garbage_caches(s, case_seed)
+    with _on_stream(s):
         _busy(dev)
         out = tb.to_tensor(data, device=dev, non_blocking=non_blocking)
         if not (pinned_input and non_blocking):
@@ -482,15 +556,20 @@ _DOWNLOAD_ROUTES = {
 @pytest.mark.parametrize("data_kind", list(_DOWNLOAD_ROUTES))
 @pytest.mark.parametrize("device", DEVICES)
 def test_to_numpy_never_returns_before_the_bytes_arrived(
-    small: tb.TransferConfig, device: str, data_kind: str, non_blocking: bool | None, stream: str
+    small: tb.TransferConfig, device: str, data_kind: str, non_blocking: bool | None, stream: str, case_seed: int
 ) -> None:
     dev = torch.device(device)
-    base = _to_device(torch.arange(12_000, dtype=torch.int64), dev)
-    ref = np.arange(12_000, dtype=np.int64) * 3 + 1
+    # This case's own values: host memory reused from an earlier case cannot hold them already.
+    host = np.random.default_rng(case_seed).integers(0, 1 << 40, 12_000, dtype=np.int64)
+    offset = 1 + case_seed % 1000
+    base = _to_device(torch.from_numpy(host), dev)
+    ref = host * 3 + offset
     _sync(dev)  # base is ready: only what follows queues behind the sleep
-    with _on_stream(stream, dev):
+    s = _stream_under_test(stream, dev)
+    _garbage_caches(s, case_seed)
+    with _on_stream(s):
         _busy(dev)
-        y = base * 3 + 1  # runs after the sleep
+        y = base * 3 + offset  # runs after the sleep
         pairs = _download_data(data_kind, y, ref)
         data = {k: t for k, (t, _) in pairs.items()}
         if data_kind == "lone":
@@ -505,18 +584,22 @@ def test_to_numpy_never_returns_before_the_bytes_arrived(
 
 
 @pytest.mark.parametrize("route", ["staged", "pinned"])
-def test_non_blocking_upload_returns_while_the_stream_is_busy(small: tb.TransferConfig, route: str) -> None:
+def test_non_blocking_upload_returns_while_the_stream_is_busy(
+    small: tb.TransferConfig, route: str, case_seed: int
+) -> None:
     dev = torch.device("cuda", torch.cuda.current_device())
     if route == "pinned":
         src: Any = _pinned_empty(3000, torch.float32)
-        src.copy_(torch.from_numpy(_rand(np.float32, (3000,), 1)))
+        src.copy_(torch.from_numpy(_rand(np.float32, (3000,), case_seed + 1)))
     else:
-        src = _rand(np.float32, (3000,), 1)  # 12000 B: 3 chunks, one per buffer of the ring
+        src = _rand(np.float32, (3000,), case_seed + 1)  # 12000 B: 3 chunks, one per buffer of the ring
     assert _routes(tb.explain(src, device=dev)) == [route]
     # Warm up: the pool's buffers, a cached device block of this size, the copy threads.
     tb.to_tensor(src, device=dev)
     _sync(dev)
     expected = _source_bits(src)
+    # The warm-up's block went back to the cache holding ``expected``: garbage over it (still cached).
+    _garbage_caches(torch.cuda.current_stream(dev), case_seed)
 
     _busy(dev, 4 * BUSY)
     t = tb.to_tensor(src, device=dev, non_blocking=True)
@@ -528,11 +611,12 @@ def test_non_blocking_upload_returns_while_the_stream_is_busy(small: tb.Transfer
     assert _read_elsewhere(t) == expected
 
     for non_blocking in (None, False):
-        fresh = _rand(np.float32, (3000,), 2)
+        fresh = _rand(np.float32, (3000,), case_seed + 2 + int(non_blocking is None))
         if route == "pinned":
             src.copy_(torch.from_numpy(fresh))
         else:
             src = fresh
+        _garbage_caches(torch.cuda.current_stream(dev), case_seed + 1)
         _busy(dev)
         t = tb.to_tensor(src, device=dev, non_blocking=non_blocking)
         assert _idle(dev), f"non_blocking={non_blocking} returned before its copies finished"
@@ -544,15 +628,18 @@ def test_non_blocking_upload_returns_while_the_stream_is_busy(small: tb.Transfer
 
 
 @pytest.mark.parametrize("non_blocking", NON_BLOCKING)
-def test_pinned_input_goes_straight_over_the_link(small: tb.TransferConfig, non_blocking: bool | None) -> None:
+def test_pinned_input_goes_straight_over_the_link(
+    small: tb.TransferConfig, non_blocking: bool | None, case_seed: int
+) -> None:
     p = _pinned_empty(3000, torch.float32)
-    p.copy_(torch.from_numpy(_rand(np.float32, (3000,), 3)))
-    pinned_by_tb = tb.to_tensor(_rand(np.int16, (5000,), 4), pin_memory=True)
+    p.copy_(torch.from_numpy(_rand(np.float32, (3000,), case_seed + 3)))
+    pinned_by_tb = tb.to_tensor(_rand(np.int16, (5000,), case_seed + 4), pin_memory=True)
     assert pinned_by_tb.is_pinned()
-    for src in (p, p.numpy(), p.numpy()[1000:], pinned_by_tb):
+    for i, src in enumerate((p, p.numpy(), p.numpy()[1000:], pinned_by_tb)):
         plan = tb.explain(src, device="cuda").plans[0]
         assert _route(plan).route == "pinned", str(plan)  # type: ignore[union-attr]
         assert "already page-locked" in str(plan)
+        _garbage_caches(torch.cuda.current_stream(), case_seed + i)
         t = tb.to_tensor(src, device="cuda", non_blocking=non_blocking)
         if non_blocking:
             _sync(t.device)
