@@ -368,7 +368,10 @@ class FakeCuda:
 def bits_of(t: Any) -> bytes:
     """The raw bytes of a (fake device or host) tensor or array, in C order."""
     if isinstance(t, torch.Tensor):
-        t = plain(t).detach().resolve_conj().resolve_neg().contiguous()
+        t = plain(t).detach().resolve_conj().resolve_neg()
+        # Standard strides even on axes of size 1 (torch calls a (1,) tensor of stride 2 contiguous,
+        # and its direct copies keep such strides): a bytes view needs them.
+        t = torch.empty_like(t, memory_format=torch.contiguous_format).copy_(t)
         return bytes(t.view(-1).view(torch.uint8).numpy().tobytes()) if t.numel() else b""
     import numpy as np
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Final
 
 from . import arrays, devices, layouts, pandas, sparse
-from .base import Adapter, Adopted
+from .base import Adapter, Adoption
 
-__all__ = ["ADAPTERS", "Adopted", "adapter_for"]
+__all__ = ["ADAPTERS", "Adoption", "adapter_for"]
 
 ADAPTERS: Final[tuple[Adapter, ...]] = (
     layouts.ADAPTER,

@@ -17,29 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from ..plan.core import Step, ToNumpyOptions, ToTensorOptions
+from ..plan.core import ToNumpyOptions, ToTensorOptions
 
-__all__ = ["Adapter", "Adopted", "Adoption", "adopted", "finished"]
-
-
-@dataclass(frozen=True)
-class Adopted:
-    """The result of adopting a leaf.
-
-    Attributes:
-        value: an ``np.ndarray`` or ``torch.Tensor`` for the planner to continue with, or, if
-            ``done``, the conversion's result.
-        step: what adoption did, and why; kind ``adopt`` (a view of the input's memory) or
-            ``adopt_copy`` (fresh memory).
-        done: ``value`` is the result; no further step applies (the adapter honoured the
-            options itself, or raised).
-        source: how the input is described in plans.
-    """
-
-    value: Any
-    step: Step
-    done: bool = False
-    source: str = ""
+__all__ = ["Adapter", "Adoption"]
 
 
 @dataclass(frozen=True)
@@ -66,16 +46,6 @@ class Adoption:
     free: bool = False
 
 
-def adopted(value: Any, why: str, *, copied: bool, source: str) -> Adopted:
-    """An adoption that the planner continues from."""
-    return Adopted(value, Step("adopt_copy" if copied else "adopt", why, value), False, source)
-
-
-def finished(value: Any, why: str, *, copied: bool, source: str) -> Adopted:
-    """An adoption that is already the conversion's result."""
-    return Adopted(value, Step("adopt_copy" if copied else "adopt", why, value), True, source)
-
-
 class Adapter(Protocol):
     """One family of leaves: tensor layouts, pandas, SciPy sparse, array producers."""
 
@@ -85,10 +55,10 @@ class Adapter(Protocol):
         """Return whether ``obj`` is this adapter's; cheap, and never imports a framework."""
         ...
 
-    def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adoption | Adopted:
+    def to_tensor(self, obj: Any, opts: ToTensorOptions, path: str) -> Adoption:
         """Plan adopting ``obj`` for ``to_tensor`` from metadata; raise a ConversionError naming ``path``."""
         ...
 
-    def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adoption | Adopted:
+    def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adoption:
         """Plan adopting ``obj`` for ``to_numpy`` from metadata; raise a ConversionError naming ``path``."""
         ...

@@ -124,13 +124,18 @@ def _column(ctx: _Ctx, values: Any, label: str, x: str) -> _Column:
     return _Column(a, fresh, f"{dtype} without missing values as {np_dt}")
 
 
-def _series(ctx: _Ctx, obj: Any, kind: str, x: str) -> tuple[_Column, str, str]:
-    """A Series, an Index or an extension array: its values, its label and its description."""
+def _label_and_source(ctx: _Ctx, obj: Any, kind: str) -> tuple[str, str]:
+    """A Series/Index's label and description; a MultiIndex is refused (planning and conversion alike)."""
     label = _named(kind, getattr(obj, "name", None))
-    source = f"pandas.{type(obj).__name__} {obj.dtype}, {len(obj)} values"
     if is_instance(obj, "pandas", "MultiIndex"):
         why = f"{label} is a MultiIndex: one array per level ({obj.nlevels} levels)"
         raise UnsupportedError(ctx.what, ctx.path, why, "Convert index.to_frame(index=False), a DataFrame")
+    return label, f"pandas.{type(obj).__name__} {obj.dtype}, {len(obj)} values"
+
+
+def _series(ctx: _Ctx, obj: Any, kind: str, x: str) -> tuple[_Column, str, str]:
+    """A Series, an Index or an extension array: its values, its label and its description."""
+    label, source = _label_and_source(ctx, obj, kind)
     if is_instance(obj, "pandas", "RangeIndex"):
         values = np.arange(obj.start, obj.stop, obj.step, dtype=np.int64)
         return _Column(values, True, "a range materialized as int64"), label, source
@@ -139,11 +144,7 @@ def _series(ctx: _Ctx, obj: Any, kind: str, x: str) -> tuple[_Column, str, str]:
 
 def _series_plan(ctx: _Ctx, obj: Any, kind: str, x: str) -> tuple[_Plan, str, str]:
     """Plan a Series, an Index or an extension array from its dtype; its label and its description."""
-    label = _named(kind, getattr(obj, "name", None))
-    source = f"pandas.{type(obj).__name__} {obj.dtype}, {len(obj)} values"
-    if is_instance(obj, "pandas", "MultiIndex"):
-        why = f"{label} is a MultiIndex: one array per level ({obj.nlevels} levels)"
-        raise UnsupportedError(ctx.what, ctx.path, why, "Convert index.to_frame(index=False), a DataFrame")
+    label, source = _label_and_source(ctx, obj, kind)
     if is_instance(obj, "pandas", "RangeIndex"):
 
         def get() -> _Column:

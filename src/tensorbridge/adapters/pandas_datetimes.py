@@ -67,8 +67,8 @@ def _fill(
     return _Column(data, True, f"{count} missing filled with {ctx.io.na_value!r} as {data.dtype}")
 
 
-def _datetimes(ctx: _Ctx, a: np.ndarray[Any, Any], label: str, x: str, shown: str, utc: bool) -> _Column:
-    """datetime64/timedelta64 values -> int64 counts of ``datetime_unit``, exactly or not at all."""
+def _unit(ctx: _Ctx, label: str, shown: str) -> str:
+    """The ``datetime_unit`` datetimes/timedeltas become counts of, or the refusal (planning and conversion alike)."""
     unit = ctx.io.datetime_unit
     if unit is None:
         raise UnsupportedError(
@@ -77,6 +77,12 @@ def _datetimes(ctx: _Ctx, a: np.ndarray[Any, Any], label: str, x: str, shown: st
             f"{label} holds {shown} values, which have no tensor dtype",
             "Pass datetime_unit='ns' (or 'us', 'ms', 's', 'D') for int64 counts of that unit since the epoch",
         )
+    return unit
+
+
+def _datetimes(ctx: _Ctx, a: np.ndarray[Any, Any], label: str, x: str, shown: str, utc: bool) -> _Column:
+    """datetime64/timedelta64 values -> int64 counts of ``datetime_unit``, exactly or not at all."""
+    unit = _unit(ctx, label, shown)
     src_unit, count = np.datetime_data(a.dtype)
     if src_unit not in _NS:
         raise UnsupportedError(ctx.what, ctx.path, f"{label} has unit {src_unit!r}", f"Convert {x}.astype(...) first")
@@ -124,14 +130,7 @@ def _datetimes_plan(
     ctx: _Ctx, src: np.dtype[Any], get: Callable[[], _Column], label: str, x: str, shown: str, utc: bool
 ) -> _Plan:
     """Plan datetime64/timedelta64 values of dtype ``src`` -> int64 counts of ``datetime_unit`` (see ``_datetimes``)."""
-    unit = ctx.io.datetime_unit
-    if unit is None:
-        raise UnsupportedError(
-            ctx.what,
-            ctx.path,
-            f"{label} holds {shown} values, which have no tensor dtype",
-            "Pass datetime_unit='ns' (or 'us', 'ms', 's', 'D') for int64 counts of that unit since the epoch",
-        )
+    unit = _unit(ctx, label, shown)
     src_unit, count = np.datetime_data(src)
     if src_unit not in _NS:
         raise UnsupportedError(ctx.what, ctx.path, f"{label} has unit {src_unit!r}", f"Convert {x}.astype(...) first")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -18,7 +17,7 @@ from ..transfer.engine import move
 from .alloc import host_copy, host_empty
 from .cast import cast_array, cast_tensor
 
-__all__ = ["EXECUTORS", "device_error", "device_errors", "run_plan", "run_plans", "run_steps"]
+__all__ = ["EXECUTORS", "copy_failed", "device_error", "run_plan", "run_plans", "run_steps"]
 
 Leaf = Any
 
@@ -233,21 +232,21 @@ def _transfer_at(plan: Plan) -> int:
 
 
 def _move(plans: list[Plan], items: list[tuple[torch.Tensor, Transfer]], non_blocking: bool | None) -> list[Leaf]:
-    path = plans[0].path if len(plans) == 1 else f"{plans[0].path} and {len(plans) - 1} more leaves"
-    first = items[0][1]
-    with device_errors(path, sum(tr.nbytes for _, tr in items), first.source, first.device):
-        return move(items, non_blocking)
-
-
-@contextlib.contextmanager
-def device_errors(path: str, nbytes: int, source: torch.device, target: torch.device) -> Iterator[None]:
-    """Turn what a device copy raises into a :class:`ConversionError` naming the leaves and the fix."""
     try:
-        yield
+        return move(items, non_blocking)
     except ConversionError:
         raise
     except (MemoryError, RuntimeError, TypeError, ValueError, AssertionError) as err:
-        raise device_error(err, path, nbytes, source, target) from err
+        raise copy_failed(err, items, plans[0].path) from err
+
+
+def copy_failed(err: Exception, items: Sequence[tuple[Any, Transfer]], first: str) -> ConversionError:
+    """The error for a failed device copy, naming the leaf, or how many travelled together."""
+    if len(items) > 1:
+        packed = all(tr.route == "packed" for _, tr in items)
+        first = f"data ({len(items)} leaves packed together)" if packed else f"{first} and {len(items) - 1} more leaves"
+    tr = items[0][1]
+    return device_error(err, first, sum(t.nbytes for _, t in items), tr.source, tr.device)
 
 
 def device_error(err: Exception, path: str, nbytes: int, source: torch.device, target: torch.device) -> ConversionError:

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..errors import ValueRangeError
 from ..transfer import devices
 
 __all__ = ["PlanCacheInfo", "cache_info", "configure_plan_cache", "lookup", "store", "validate"]
@@ -77,7 +78,7 @@ def configure_plan_cache(maxsize: int) -> None:
         maxsize: how many recipes to keep; each is a few hundred bytes.
 
     Raises:
-        ValueError: ``maxsize`` is negative or not an int.
+        ValueRangeError: (ValueError) ``maxsize`` is negative or not an int.
 
     Example:
         >>> import tensorbridge as tb
@@ -86,7 +87,12 @@ def configure_plan_cache(maxsize: int) -> None:
         >>> tb.configure_plan_cache(maxsize=4096)
     """
     if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 0:
-        raise ValueError(f"maxsize must be an int >= 0, not {maxsize!r}")
+        raise ValueRangeError(
+            "configure_plan_cache",
+            "maxsize",
+            f"maxsize must be an int >= 0, not {maxsize!r}",
+            "Pass 0 to turn caching off, or the number of kinds of leaf to keep (default 4096)",
+        )
     with _lock:
         _state["maxsize"] = maxsize
         while len(_recipes) > maxsize:

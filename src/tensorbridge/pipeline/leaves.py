@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..adapters import adapter_for
-from ..adapters.base import Adopted, Adoption
+from ..adapters.base import Adoption
 from ..dtype_map import leaf_dtype
 from ..errors import ConversionError, CopyRefusedError, OutOfMemoryError, UnsupportedError
 from ..plan import (
@@ -105,28 +105,28 @@ def _adopted_plan(
     x: Any,
     path: str,
     copy: bool | None,
-    adopt: Callable[[], Adopted | Adoption],
+    adopt: Callable[[], Adoption],
     then: Callable[[Any, bool | None], Plan],
 ) -> Plan:
     try:
         got = adopt()
-        if isinstance(got, Adoption) and got.free:  # a view made without the producer: plan what follows now
-            value = got.run()
-            got = Adopted(value, Step(got.kind, got.why, value), got.done, got.source)
+        # A free adoption is a view made without the producer: taken now, to plan what follows.
+        value = got.run() if got.free else None
     except Exception as err:
         failed = _adoption_failed(x, path, err)
         return Plan(path, lambda: (describe_leaf(x), "?"), (), failed)
     source = got.source or describe_leaf(x)
-    kind = got.kind if isinstance(got, Adoption) else got.step.kind
-    if kind == "adopt_copy" and copy is False:
-        why = got.why if isinstance(got, Adoption) else got.step.why
+    if got.kind == "adopt_copy" and copy is False:
         refused = CopyRefusedError(
-            "conversion", path, f"copy=False, but adopting this leaf copies: {why}", "Pass copy=None to allow the copy"
+            "conversion",
+            path,
+            f"copy=False, but adopting this leaf copies: {got.why}",
+            "Pass copy=None to allow the copy",
         )
         return Plan(path, lambda: (source, "?"), (), refused)
     # Fresh memory from the adoption already satisfies copy=True: no second copy.
-    then_copy = None if kind == "adopt_copy" and copy is True else copy
-    if isinstance(got, Adoption):  # deferred: the data work, and the plan of what it gives, at execution
+    then_copy = None if got.kind == "adopt_copy" and copy is True else copy
+    if not got.free:  # deferred: the data work, and the plan of what it gives, at execution
         step = Step(got.kind, got.why, Deferred(_guarded(x, path, got.run)))
         if got.done:
             return Plan(path, lambda: (source, "its own result"), (step,))
@@ -134,12 +134,13 @@ def _adopted_plan(
             "then", "what it hands over is planned when it arrives", Then(lambda v: then(v, then_copy), then_copy)
         )
         return Plan(path, lambda: (source, "planned when the data arrives"), (step, follow))
+    step = Step(got.kind, got.why, value)  # the executor hands the adopted value on
     if got.done:
-        return Plan(path, lambda: (source, describe_leaf(got.value)), (got.step,))
-    inner = then(got.value, then_copy)
+        return Plan(path, lambda: (source, describe_leaf(value)), (step,))
+    inner = then(value, then_copy)
     if inner.error is not None:
         return Plan(path, lambda: (source, inner.target), (), inner.error)
-    return Plan(path, lambda: (source, inner.target), (got.step, *inner.steps))
+    return Plan(path, lambda: (source, inner.target), (step, *inner.steps))
 
 
 _Options = TypeVar("_Options", ToTensorOptions, ToNumpyOptions)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ..errors import ConversionError
-from ..ops.execute import device_error, run_plan, run_steps
+from ..ops.execute import copy_failed, run_plan, run_steps
 from ..options import ToNumpyOptions, ToTensorOptions
 from ..plan.core import Plan
 from ..plan.routes import Transfer, assign_transfers
@@ -251,7 +251,7 @@ def _alone(x: Any, opts: Options) -> Any:
     except ConversionError:
         raise
     except (MemoryError, RuntimeError, TypeError, ValueError, AssertionError) as err:
-        raise _copy_failed(err, items, format_path(ROOT)) from err
+        raise copy_failed(err, items, format_path(ROOT)) from err
     if recipe.after is None:
         return moved
     try:
@@ -295,7 +295,7 @@ def _finish(items: list[tuple[Any, Transfer]], late: bool, first: Path, *, faile
         finish(items)
     except (RuntimeError, AssertionError) as err:
         if not failed:
-            raise _copy_failed(err, items, format_path(first)) from err
+            raise copy_failed(err, items, format_path(first)) from err
 
 
 def _late(opts: Options, moving: list[tuple[Recipe | None, Transfer | None]]) -> bool:
@@ -326,7 +326,7 @@ def _moved(
         except ConversionError:
             raise
         except (MemoryError, RuntimeError, TypeError, ValueError, AssertionError) as err:
-            raise _copy_failed(err, items, format_path(leaves[moving[0]][0])) from err
+            raise copy_failed(err, items, format_path(leaves[moving[0]][0])) from err
         for n, out in zip(moving, moved, strict=True):
             mids[n] = out
     triples = zip(recipes, mids, leaves, strict=True)
@@ -337,15 +337,6 @@ def _moved(
         results = [m if r is None or r.after is None else _after(r, m, x, opts, p) for r, m, (p, x) in triples]
     it = iter(results)
     return map_leaves(lambda v, p: next(it) if is_leaf(v) else v, data)
-
-
-def _copy_failed(err: Exception, items: list[tuple[Any, Transfer]], first: str) -> ConversionError:
-    """The error for a failed device copy, naming the leaf, or how many travelled together."""
-    if len(items) > 1:
-        packed = all(tr.route == "packed" for _, tr in items)
-        first = f"data ({len(items)} leaves packed together)" if packed else f"{first} and {len(items) - 1} more leaves"
-    tr = items[0][1]
-    return device_error(err, first, sum(t.nbytes for _, t in items), tr.source, tr.device)
 
 
 def _before(recipe: Recipe, x: Any, opts: Options, path: Path) -> Any:

@@ -17,7 +17,7 @@ from ..options import ToTensorOptions
 from ..transfer.config import TransferConfig, current
 from ..transfer.devices import backend_for
 from .core import Step
-from .routes import Direction, Transfer, _why, decide_route, is_small, wire_dtype
+from .routes import Direction, Transfer, _why, decide_route, direction_of, is_small, wire_dtype
 
 __all__ = ["device_steps", "needs_device", "resolve_device", "route_transfer", "transfer_step"]
 
@@ -99,11 +99,9 @@ def route_transfer(
         lane: see :func:`lane_of`, if known.
     """
     if direction is None or staging is None:
-        on_host = source.type == "cpu"
-        target_type = target.type
-        backend = backend_for(target_type if on_host else source.type)
+        direction = direction_of(source, target)
+        backend = backend_for(target.type if direction == "h2d" else source.type)
         staging = backend is not None and backend.staging
-        direction = "h2d" if on_host else "d2h" if target_type == "cpu" else "d2d"
     asked = staging and host_check is not None and direction == "h2d" and not is_small(nbytes, cfg)
     pinned = asked and host_check(host)  # type: ignore[misc]  # asked implies a check
     return decide_route(
