@@ -22,12 +22,13 @@ checking synchronization:
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import random
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -130,7 +131,8 @@ class FakeEvent:
 class _Stream:
     """Runs queued work in order on one thread, like a CUDA stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, index: int = 0) -> None:
+        self.index = index
         self.work: queue.Queue[Callable[[], None]] = queue.Queue()
         self.lock = threading.Lock()
         self.pending = 0
@@ -162,7 +164,10 @@ class FakeCuda:
         self.devices = devices
         self.delay = delay
         self.rng = random.Random(seed)
-        self.streams = [_Stream() for _ in range(devices)]
+        self.streams = [_Stream(i) for i in range(devices)]  # each device's default stream
+        self.side_streams: list[_Stream] = []
+        self.on = threading.local()  # each thread's current stream, where one was made current
+        self.recorded_streams = 0
         self.current = 0
         self.lock = threading.Lock()
         self.pinned: dict[int, int] = {}  # data_ptr -> nbytes of live pinned buffers
@@ -260,7 +265,38 @@ class FakeCuda:
                 time.sleep(pause)
             plain(dst).copy_(plain(src))
 
-        self.streams[fake.device.index or 0].put(run)
+        self.stream(fake.device.index or 0).put(run)
+
+    def stream(self, index: int) -> _Stream:
+        """The calling thread's current stream on device ``index``."""
+        current = getattr(self.on, "stream", None)
+        return current if current is not None and current.index == index else self.streams[index]
+
+    def new_stream(self, device: torch.device) -> _Stream:
+        s = _Stream(self._index(device))
+        with self.lock:
+            self.side_streams.append(s)
+        return s
+
+    @contextlib.contextmanager
+    def on_stream(self, stream: _Stream) -> Iterator[_Stream]:
+        before = getattr(self.on, "stream", None)
+        self.on.stream = stream
+        try:
+            yield stream
+        finally:
+            self.on.stream = before
+
+    def wait_event(self, event: FakeEvent, device: torch.device) -> None:
+        def wait() -> None:
+            if not event._done.wait(60):
+                raise AssertionError("fake event never completed: a deadlock?")
+
+        self.stream(self._index(device)).put(wait)
+
+    def record_stream(self, t: torch.Tensor, device: torch.device) -> None:
+        with self.lock:
+            self.recorded_streams += 1
 
     def record(self, device: torch.device) -> FakeEvent:
         index = self._index(device)
@@ -272,7 +308,7 @@ class FakeCuda:
                 self.settled[index] = max(self.settled[index], upto)
 
         event = FakeEvent(self.rng.uniform(0, self.delay) if self.delay else 0.0, waited)
-        self.streams[index].put(event.set)
+        self.stream(index).put(event.set)
         return event
 
     def sync(self, index: int | None = None) -> None:
@@ -281,7 +317,7 @@ class FakeCuda:
 
     def drain(self) -> None:
         """Wait for queued work on every stream, if there is any (an operation's own ordering: no host wait)."""
-        for stream in self.streams:
+        for stream in [*self.streams, *self.side_streams]:
             if stream.pending:
                 event = FakeEvent()
                 stream.put(event.set)
@@ -340,7 +376,7 @@ class FakeCuda:
                 time.sleep(pause)
             out.copy_(keep)
 
-        self.streams[index].put(run)
+        self.stream(index).put(run)
         return out.as_subclass(fake_class(index))
 
     def _unprotected(self, src: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from ._stack import stack
 from .adapters.nested import nested_tensor
 from .adapters.quantized import QuantizedArray
 from .api import Explanation, explain, to_numpy, to_tensor
+from .batch import Collate, Prefetch, collate, prefetch
 from .dtypes import ROWS, numpy_dtype, torch_dtype
 from .errors import (
     ConversionError,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ROWS",
+    "Collate",
     "ConversionError",
     "CopyRefusedError",
     "DeviceError",
@@ -43,6 +45,7 @@ __all__ = [
     "OutOfMemoryError",
     "PlanCacheInfo",
     "PoolStats",
+    "Prefetch",
     "QuantizedArray",
     "StructureError",
     "TensorFile",
@@ -50,6 +53,7 @@ __all__ = [
     "UnsupportedError",
     "ValueRangeError",
     "__version__",
+    "collate",
     "configure_plan_cache",
     "configure_transfers",
     "explain",
@@ -57,6 +61,7 @@ __all__ = [
     "nested_tensor",
     "numpy_dtype",
     "plan_cache_info",
+    "prefetch",
     "register_container",
     "register_optree_namespace",
     "release_pinned",

@@ -10,7 +10,8 @@ engine on a machine without a GPU.
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Final, Protocol
 
 import torch
 
@@ -88,6 +89,22 @@ class Backend(Protocol):
         """Make ``device``'s current stream wait for the work queued so far on the raw stream handle ``stream``."""
         ...
 
+    def new_stream(self, device: torch.device) -> Any:
+        """Return a new stream on ``device``, for copies that overlap the current stream's work."""
+        ...
+
+    def on_stream(self, stream: Any) -> AbstractContextManager[Any]:
+        """Within: ``stream`` is the calling thread's current stream (copies, events, allocations)."""
+        ...
+
+    def wait_event(self, event: Event, device: torch.device) -> None:
+        """Make ``device``'s current stream wait for ``event`` (the host does not wait)."""
+        ...
+
+    def record_stream(self, t: torch.Tensor, device: torch.device) -> None:
+        """Tell the allocator that ``device``'s current stream uses ``t`` (allocated on another stream)."""
+        ...
+
 
 class CudaBackend:
     """CUDA through torch: pinned memory from torch's host allocator, copies on the current stream."""
@@ -146,6 +163,18 @@ class CudaBackend:
         producer = torch.cuda.ExternalStream(stream, device=device)  # type: ignore[no-untyped-call]  # untyped in torch
         torch.cuda.current_stream(device).wait_stream(producer)
 
+    def new_stream(self, device: torch.device) -> Any:
+        return torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]  # untyped in torch
+
+    def on_stream(self, stream: Any) -> AbstractContextManager[Any]:
+        return torch.cuda.stream(stream)
+
+    def wait_event(self, event: Event, device: torch.device) -> None:
+        torch.cuda.current_stream(device).wait_event(event)  # type: ignore[arg-type]  # a torch.cuda.Event
+
+    def record_stream(self, t: torch.Tensor, device: torch.device) -> None:
+        t.record_stream(torch.cuda.current_stream(device))
+
 
 # float64 (and complex128, two of them) have no MPS kernels.
 _MPS_LACKS: Final = frozenset({torch.float64, torch.complex128})
@@ -196,6 +225,19 @@ class MpsBackend:
         return None
 
     def wait_stream(self, stream: int, device: torch.device) -> None:
+        return None
+
+    # MPS does not stage: there is no side stream to copy on, and nothing to wait for.
+    def new_stream(self, device: torch.device) -> Any:
+        return None
+
+    def on_stream(self, stream: Any) -> AbstractContextManager[Any]:
+        return nullcontext()
+
+    def wait_event(self, event: Event, device: torch.device) -> None:
+        return None
+
+    def record_stream(self, t: torch.Tensor, device: torch.device) -> None:
         return None
 
 
