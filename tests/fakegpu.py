@@ -63,6 +63,8 @@ _METADATA = frozenset(
         "__getitem__",
         "__len__",
         "view",
+        "unbind",  # views: no kernel on a device either
+        "split",
         "permute",
         "size",
         "stride",
@@ -316,8 +318,10 @@ class FakeCuda:
             self.record(torch.device("cuda", i)).synchronize()
 
     def drain(self) -> None:
-        """Wait for queued work on every stream, if there is any (an operation's own ordering: no host wait)."""
-        for stream in [*self.streams, *self.side_streams]:
+        """Wait for queued work on each device's current stream, if there is any (an operation's own ordering)."""
+        # The calling thread's current streams only: as on a GPU, an operation is ordered after the
+        # work of its own stream, not of a side stream it has not waited for.
+        for stream in [self.stream(i) for i in range(self.devices)]:
             if stream.pending:
                 event = FakeEvent()
                 stream.put(event.set)
