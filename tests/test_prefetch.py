@@ -90,7 +90,7 @@ def test_on_the_cpu_each_batch_is_converted_in_order_with_its_containers() -> No
 def test_a_cuda_device_on_a_cpu_only_torch_is_a_device_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("this torch has CUDA")
-    with pytest.raises(tb.DeviceError, match=r"prefetch at device: device cuda was asked for but CUDA is not available"):
+    with pytest.raises(tb.DeviceError, match=r"prefetch at device: device cuda was asked for but CUDA is not"):
         tb.prefetch([_batch(0)], "cuda")
 
 
@@ -247,3 +247,40 @@ def test_collated_batches_keep_their_containers_on_the_device(gpu: FakeCuda) -> 
     assert got[1].image.device == torch.device("cuda", 0)
     assert plain(got[1].label).tolist() == [4, 5, 6, 7]
     assert plain(got[1].image)[:, 0, 0].tolist() == [4, 5, 6, 7]
+
+
+def test_a_pinned_batch_is_one_page_locked_allocation_and_moves_whole(gpu: FakeCuda) -> None:
+    samples = [{"x": np.full(3, k, np.float32)[::-1], "y": k, "name": str(k)} for k in range(4)]
+    batch = tb.Collate(pin_memory=True)(samples)
+    assert gpu.is_pinned(batch["x"]) and gpu.is_pinned(batch["y"]) and batch["name"] == ["0", "1", "2", "3"]
+    assert batch["x"].untyped_storage().data_ptr() == batch["y"].untyped_storage().data_ptr()
+    assert gpu.pinned_allocs == 1
+    moved = next(iter(tb.prefetch([batch], "cuda")))
+    assert moved["y"].tolist() == [0, 1, 2, 3] and moved["x"].device == torch.device("cuda", 0)
+
+
+# --- on a real GPU -------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+def test_on_cuda_every_batch_is_whole_when_the_consumer_stream_uses_it() -> None:
+    expected = [_batch(k) for k in range(12)]
+    sums = []
+    for batch in tb.prefetch(expected, "cuda", depth=3):
+        torch.cuda._sleep(1_000_000)  # type: ignore[attr-defined]  # a busy consumer: copies overlap it
+        sums.append({k: v.double().sum() for k, v in batch.items()})
+    torch.cuda.synchronize()
+    for k, got in enumerate(sums):
+        assert {key: float(v.item()) for key, v in got.items()} == {
+            key: float(np.asarray(v, np.float64).sum()) for key, v in expected[k].items()
+        }
+    assert tb.transfer_stats().held_bytes == 0
+
+
+@pytest.mark.cuda
+def test_on_cuda_a_pinned_batch_is_one_page_locked_allocation() -> None:
+    batch = tb.collate([{"x": np.full(3, k, np.float32), "y": k} for k in range(4)], pin_memory=True)
+    assert batch["x"].is_pinned() and batch["y"].is_pinned()
+    assert batch["x"].untyped_storage().data_ptr() == batch["y"].untyped_storage().data_ptr()
+    moved = next(iter(tb.prefetch([batch], "cuda")))
+    assert moved["y"].tolist() == [0, 1, 2, 3]
