@@ -2,7 +2,7 @@
 # GPU check for a ~10-minute window on a machine with a CUDA torch, pytest, hypothesis and
 # ml_dtypes already installed and no network. Never installs anything. Uses $PYTHON, else python3.
 #
-#   bash benchmarks/gpu_check.sh LOGDIR          # real GPU: stages 0-4
+#   bash benchmarks/gpu_check.sh LOGDIR          # real GPU: stages 0-5
 #   bash benchmarks/gpu_check.sh --fake LOGDIR   # no GPU (CI): the CPU-checkable stages, fake backend
 #   GPU_CHECK_FAKE=1 bash benchmarks/gpu_check.sh LOGDIR   # the same as --fake
 #
@@ -10,9 +10,10 @@
 # stage does not stop the next ones, and the summary lists each stage's status:
 #   0 info    (20)  GPU name, driver, CUDA/torch versions, PCIe link (nvidia-smi may be absent)
 #   1 smoke   (90)  benchmarks/gpu_smoke.py: every route x non_blocking x stream, bit-exact
-#   2 tests  (240)  pytest -x -q tests/test_cuda.py (fake: collects and skips: no CUDA)
-#   3 big    (150)  bench_transfer.py --only 1,2,3,5: the 1 GiB cases against the raw pinned copy
-#   4 quick   (90)  bench_transfer.py --quick: every case at 64 MiB
+#   2 tests  (240)  pytest -x -q tests/test_cuda.py tests/test_prefetch.py (fake: the CUDA ones skip)
+#   3 big    (120)  bench_transfer.py --only 1,2,3,5: the 1 GiB cases against the raw pinned copy
+#   4 quick   (60)  bench_transfer.py --quick: every case at 64 MiB
+#   5 loader  (60)  bench_collate.py --quick --only 7: tb.prefetch against pin_memory=True + per-leaf .to()
 # The caps add up to 590 s; GPU_CHECK_BUDGET (default 590) bounds the whole run: a stage gets
 # at most what is left of it, and is skipped when less than 10 s is left.
 # Logs: LOGDIR/gpu_check.log (everything) and LOGDIR/stage-N-NAME.log (one per stage).
@@ -134,15 +135,17 @@ if ((FAKE)); then
     say "gpu_check: FAKE mode: no GPU; the fake backend (tests/fakegpu.py) where a stage has one"
     run_stage 0 info 20 bash "$REPO/benchmarks/gpu_check.sh" __info
     run_stage 1 smoke 90 "$PY" benchmarks/gpu_smoke.py --fake
-    run_stage 2 tests 240 "$PY" -m pytest -x -q -p no:cacheprovider tests/test_cuda.py
-    run_stage 3 big 150 "$PY" benchmarks/bench_transfer.py --fake --only 1,2,3,5
-    run_stage 4 quick 90 "$PY" benchmarks/bench_transfer.py --fake --quick
+    run_stage 2 tests 240 "$PY" -m pytest -x -q -p no:cacheprovider tests/test_cuda.py tests/test_prefetch.py
+    run_stage 3 big 120 "$PY" benchmarks/bench_transfer.py --fake --only 1,2,3,5
+    run_stage 4 quick 60 "$PY" benchmarks/bench_transfer.py --fake --quick
+    run_stage 5 loader 60 "$PY" benchmarks/bench_collate.py --quick --only 7
 else
     run_stage 0 info 20 bash "$REPO/benchmarks/gpu_check.sh" __info
     run_stage 1 smoke 90 "$PY" benchmarks/gpu_smoke.py
-    run_stage 2 tests 240 "$PY" -m pytest -x -q -p no:cacheprovider tests/test_cuda.py
-    run_stage 3 big 150 "$PY" benchmarks/bench_transfer.py --only 1,2,3,5
-    run_stage 4 quick 90 "$PY" benchmarks/bench_transfer.py --quick
+    run_stage 2 tests 240 "$PY" -m pytest -x -q -p no:cacheprovider tests/test_cuda.py tests/test_prefetch.py
+    run_stage 3 big 120 "$PY" benchmarks/bench_transfer.py --only 1,2,3,5
+    run_stage 4 quick 60 "$PY" benchmarks/bench_transfer.py --quick
+    run_stage 5 loader 60 "$PY" benchmarks/bench_collate.py --quick --only 7
 fi
 
 failed=0
