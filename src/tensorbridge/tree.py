@@ -42,6 +42,7 @@ __all__ = [
     "format_path",
     "iter_leaves",
     "map_leaves",
+    "refresh",
     "register_container",
     "register_optree_namespace",
     "spec_for",
@@ -129,6 +130,17 @@ def register_container(
         )
     _REGISTRY[cls] = ContainerSpec(cls, flatten, unflatten, key_style)
     _CACHE.clear()
+
+
+def refresh() -> None:
+    """Forget the cached answers of :func:`spec_for` if a pytree or optree registration came since.
+
+    Every walk calls it first; so must a caller that uses ``spec_for`` outside a walk.
+    """
+    token = registries_token()
+    if token != _TOKEN[0]:
+        _CACHE.clear()
+        _TOKEN[0] = token
 
 
 def spec_for(cls: type) -> ContainerSpec | None:
@@ -231,10 +243,7 @@ def fold(
 
 def _walk(data: Any, fn: Callable[..., Any], node: Node | None, enter: Enter | None, runs: Runs | None) -> Any:
     """The one loop: ``node`` None rebuilds with each spec's ``unflatten`` and calls ``fn(value, path)``."""
-    token = registries_token()
-    if token != _TOKEN[0]:  # a registration since the last walk: forget the answers
-        _CACHE.clear()
-        _TOKEN[0] = token
+    refresh()
     general = node is not None
     spec = spec_for(type(data))
     if spec is None or (enter is not None and not enter(data, spec, ROOT, 0)):

@@ -2,9 +2,10 @@
 
 Three stages, one way: :func:`~tensorbridge.batch.samples.split` checks every sample against
 the first and cuts the batch into leaf columns; :func:`~tensorbridge.batch.columns.plan` decides
-what each column becomes (nothing is allocated until every column has been checked, so a bad
-sample never leaves a half-built batch behind); then the batch's memory is allocated
-(:mod:`~tensorbridge.batch.memory`) and each column is written into it in one copy.
+what each column becomes (its kinds, dtypes and devices checked before anything is allocated);
+then the batch's memory is allocated (:mod:`~tensorbridge.batch.memory`) and each column is
+written into it in one copy, which checks the shapes itself (a mismatch raises, naming the
+sample, and no half-built batch is handed back).
 """
 
 from __future__ import annotations
@@ -152,9 +153,13 @@ class Collate:
         return f"tb.Collate(dtype={self._dtype!r}, pin_memory={self._pin_memory!r}, shared={self._shared!r})"
 
     def __eq__(self, other: object) -> bool:
+        # The normalized options: dtype="float32" and dtype=torch.float32 collate alike.
         if not isinstance(other, Collate):
             return NotImplemented
-        return self.__getstate__() == other.__getstate__()
+        return (self._opts, self._pin_memory, self._shared) == (other._opts, other._pin_memory, other._shared)
 
     def __hash__(self) -> int:
-        return hash((self._opts, self._pin_memory, self._shared))
+        # A dtype mapping is held in dicts: hashed as sets of its pairs, as equal mappings compare.
+        m = self._opts.dtype_map
+        pairs = None if m is None else (frozenset(m.by_torch.items()), frozenset(m.by_numpy.items()))
+        return hash((self._opts.dtype, pairs, self._pin_memory, self._shared))

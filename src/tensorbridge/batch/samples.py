@@ -22,7 +22,8 @@ from typing import Any, Final
 from ..containers import ContainerSpec, Refusal
 from ..containers.builtin import dict_spec, list_spec, tuple_spec
 from ..errors import StructureError
-from ..tree import ROOT, Path, format_path, map_leaves, spec_for
+from ..tree import ROOT, Path, format_path, map_leaves, refresh, spec_for
+from .columns import describe
 
 __all__ = ["Columns", "at", "rebuild", "split"]
 
@@ -70,6 +71,7 @@ def split(samples: Sequence[Any]) -> Columns:
         raise StructureError(
             WHAT, "samples", "there are no samples, so the batch's structure is unknown", "Pass at least one sample"
         )
+    refresh()  # as every tree walk does first: rebuild (a walk) must see the same containers
     paths: list[Path] = []
     columns: list[Sequence[Any]] = []
     # Depth first, children in order: the order map_leaves visits the first sample's leaves in.
@@ -112,12 +114,12 @@ def rebuild(columns: Columns, results: Sequence[Any]) -> Any:
 
 def _children(column: Sequence[Any], spec: ContainerSpec, path: Path) -> list[tuple[Sequence[Any], Path]]:
     cls = type(column[0])
-    if any(type(s) is not cls for s in column):
+    if len(set(map(type, column))) > 1:  # C-level passes: a generator costs more than the rest
         i = next(i for i, s in enumerate(column) if type(s) is not cls)
         raise StructureError(
             WHAT,
             at(i, path),
-            f"is a {_kind(column[i])} where samples[0] has a {_kind(column[0])}",
+            f"is {describe(column[i])} where {at(0, path)} is {describe(column[0])}",
             "Give every sample the same structure",
         )
     if spec is dict_spec:
@@ -125,10 +127,6 @@ def _children(column: Sequence[Any], spec: ContainerSpec, path: Path) -> list[tu
     if spec is tuple_spec or spec is list_spec:
         return _sequence_children(column, path)
     return _general_children(column, spec, path)
-
-
-def _kind(x: object) -> str:
-    return "None" if x is None else type(x).__qualname__
 
 
 def _dict_children(column: Sequence[Any], path: Path) -> list[tuple[Sequence[Any], Path]]:
@@ -147,7 +145,7 @@ def _dict_children(column: Sequence[Any], path: Path) -> list[tuple[Sequence[Any
 
 def _sequence_children(column: Sequence[Any], path: Path) -> list[tuple[Sequence[Any], Path]]:
     n = len(column[0])
-    if not all(len(s) == n for s in column):
+    if len(set(map(len, column))) > 1:
         i = next(i for i, s in enumerate(column) if len(s) != n)
         _lengths_differ(i, path, len(column[i]), n)
     if not n:
@@ -202,13 +200,14 @@ def _reordered(i: int, path: Path, keys: list[Any], their_keys: list[Any], kids:
 def _keys_differ(i: int, path: Path, keys: list[Any], their_keys: list[Any]) -> None:
     missing = [k for k in keys if k not in their_keys]
     extra = [k for k in their_keys if k not in keys]
+    first = at(0, path)
     parts = []
     if missing:
-        parts.append(f"lacks {_show(missing)} that samples[0] has")
+        parts.append(f"lacks {_show(missing)} that {first} has")
     if extra:
-        parts.append(f"has {_show(extra)} that samples[0] lacks")
+        parts.append(f"has {_show(extra)} that {first} lacks")
     if not parts:
-        parts.append(f"has keys {_show(their_keys)} where samples[0] has {_show(keys)}")
+        parts.append(f"has {_show(their_keys)} where {first} has {_show(keys)}")
     raise StructureError(WHAT, at(i, path), " and ".join(parts), _SAME_KEYS_FIX)
 
 
@@ -216,7 +215,7 @@ def _lengths_differ(i: int, path: Path, n: int, first: int) -> None:
     raise StructureError(
         WHAT,
         at(i, path),
-        f"has {n} items where samples[0] has {first}",
+        f"has {n} item{'s' * (n != 1)} where {at(0, path)} has {first}",
         "Pad the sequences to one length, or make the field an array and use tb.nested_tensor for ragged data",
     )
 
