@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from ..dtype_map import DtypeMap
-from ..dtypes import TORCH_BITS, row_for_numpy, row_for_torch
+from ..dtypes import row_for_numpy, row_for_torch
 from ..errors import ConversionError, StructureError, UnsupportedError, ValueRangeError
 from ..ops.alloc import host_empty
 from ..ops.cast import cast_tensor
+from ..ops.execute import reversed_into
 from ..options import ToTensorOptions, tensor_options
 from ..pipeline import convert
 from ..tree import Path, format_path, spec_for
@@ -391,34 +392,28 @@ def _stack_arrays(col: Column, dst: torch.Tensor) -> None:
         np.stack(values, out=view, casting="equiv")
 
 
-# NumPy copies a reversed short inner axis (``img[..., ::-1]`` of HWC images) element by element,
-# at well under 1 GB/s; torch's index_select over the same memory read forwards is 4-5x faster.
-# Per value, so only for values large enough to pay for a few torch calls each.
+# A reversed short inner axis (``img[..., ::-1]`` of HWC images) NumPy copies element by
+# element, at well under 1 GB/s; ops.execute.reversed_into (the pipeline's flip copy) is 4-5x
+# faster. It is called per value, so only for values large enough to pay for its torch calls.
 _FLIP_MIN_BYTES: Final = 1 << 14
 
 
 def _reversed_axis(a: np.ndarray[Any, Any]) -> int | None:
-    """The one axis ``a`` walks backwards (longer than 1), when every other stride is positive."""
-    backwards = [ax for ax, s in enumerate(a.strides) if s < 0]
-    return backwards[0] if len(backwards) == 1 and a.shape[backwards[0]] > 1 else None
+    """The one axis longer than 1 that ``a`` walks backwards, if there is exactly one."""
+    backwards = [ax for ax, s in enumerate(a.strides) if s < 0 and a.shape[ax] > 1]
+    return backwards[0] if len(backwards) == 1 else None
 
 
 def _stack_reversed(values: Sequence[Any], dst: torch.Tensor, view: np.ndarray[Any, Any]) -> None:
-    """Values of one shape, each with one reversed axis: read forwards, written reversed by torch."""
-    bits = TORCH_BITS.get(dst.element_size())
-    out = None if bits is None else dst.view(bits)
-    reverse: dict[int, torch.Tensor] = {}
+    """Values of one shape (checked), most with one reversed axis: each gathered back in order by torch."""
+    row = row_for_torch(dst.dtype)
+    assert row is not None
     for i, v in enumerate(values):
         ax = _reversed_axis(v)
-        row = row_for_numpy(v.dtype)
-        if out is None or ax is None or row is None or v.dtype != view.dtype or not v.flags.writeable:
-            np.copyto(view[i], v, casting="equiv")  # byte order, another layout, read-only memory
-            continue
-        n = v.shape[ax]
-        if n not in reverse:
-            reverse[n] = torch.arange(n - 1, -1, -1)
-        forwards = row.share_as_tensor(np.flip(v, ax)).view(bits)  # type: ignore[arg-type]  # bits is set
-        torch.index_select(forwards, ax, reverse[n], out=out[i])
+        if ax is None or v.dtype != view.dtype:  # another layout, byte order or dtype: NumPy's copy
+            np.copyto(view[i], v, casting="equiv")
+        else:
+            reversed_into(v, ax, row, dst[i])
 
 
 def _cast(col: Column, stacked: torch.Tensor) -> torch.Tensor:

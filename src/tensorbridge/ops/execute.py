@@ -17,7 +17,7 @@ from ..transfer.engine import move
 from .alloc import host_copy, host_empty
 from .cast import cast_array, cast_tensor
 
-__all__ = ["EXECUTORS", "copy_failed", "device_error", "run_plan", "run_plans", "run_steps"]
+__all__ = ["EXECUTORS", "copy_failed", "device_error", "reversed_into", "run_plan", "run_plans", "run_steps"]
 
 Leaf = Any
 
@@ -73,13 +73,25 @@ def _share(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
 
 def _flip_copy(a: np.ndarray[Any, Any], step: Step, path: str) -> torch.Tensor:
     axis, row = step.arg
-    # Reversing every negatively strided axis gives a view torch accepts; index_select then
-    # gathers the one axis that matters back in order, straight into fresh memory.
-    # The gather runs on same-size integer bits: index_select lacks kernels for some dtypes.
     out = host_empty(tuple(a.shape), row.torch)
-    order = torch.arange(a.shape[axis] - 1, -1, -1)
-    torch.index_select(_bits(_view_as_tensor(_forward(a), row)), axis, order, out=_bits(out))
+    reversed_into(a, axis, row, out)
     return out
+
+
+def reversed_into(a: np.ndarray[Any, Any], axis: int, row: DtypeRow, out: torch.Tensor) -> None:
+    """Copy ``a``, walked backwards along ``axis`` (and at most size-1 axes besides), into ``out``.
+
+    Reversing every negatively strided axis gives a view torch accepts; index_select then
+    gathers the one axis that matters back in order, straight into ``out``, many times faster
+    than NumPy's element-wise copy of a short reversed inner axis (``img[..., ::-1]``). The
+    gather runs on same-size integer bits: index_select lacks kernels for some dtypes. ``a``
+    is only read, so read-only memory is shown to torch without its flag (see _Unflagged).
+    """
+    forwards = _forward(a)
+    if not forwards.flags.writeable:
+        forwards = np.asarray(_Unflagged(forwards)).view(forwards.dtype)
+    order = torch.arange(a.shape[axis] - 1, -1, -1)
+    torch.index_select(_bits(_view_as_tensor(forwards, row)), axis, order, out=_bits(out))
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
