@@ -59,6 +59,8 @@ def _fill(
             "and a NumPy array has no missing value",
             f"Pass na_value=... to fill them ({how}), or fill them first: {x}.fillna(...)",
         )
+    if not data.flags.writeable:  # pyarrow hands out read-only memory even when asked for a copy
+        data = data.copy()
     dt = data.dtype
     if ctx.target is not None and ctx.target != dt:
         data[missing] = 0  # placeholders, so the checked cast sees only real values
