@@ -148,7 +148,7 @@ def _as_tensor(v: Any) -> Any:
         row is None
         or not row.exact
         or not v.flags.writeable
-        or v.dtype.byteorder == ">"
+        or not v.dtype.isnative
         or min(v.strides, default=0) < 0
     ):
         return convert(v, _DEFAULT)  # the pipeline's copy: byte order, strides, read-only memory
