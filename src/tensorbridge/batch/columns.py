@@ -144,13 +144,7 @@ def _as_tensor(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return v
     row = row_for_numpy(v.dtype)
-    if (
-        row is None
-        or not row.exact
-        or not v.flags.writeable
-        or not v.dtype.isnative
-        or min(v.strides, default=0) < 0
-    ):
+    if row is None or not row.exact or not v.flags.writeable or not v.dtype.isnative or min(v.strides, default=0) < 0:
         return convert(v, _DEFAULT)  # the pipeline's copy: byte order, strides, read-only memory
     return row.share_as_tensor(v)
 
