@@ -11,6 +11,10 @@ Exit statuses:
   143 SIGTERM; ``convert`` removes its unfinished file first, so DST is either untouched or
   complete. 141 when the reader of the output went away (SIGPIPE, ``tensorbridge inspect f | head``).
 
+Sharded Hugging Face sets (a directory holding ``model.safetensors.index.json`` and its shards)
+are read wherever a file is, by the directory or the index's path; ``convert`` writes one when
+DST is a directory name (no suffix, or a trailing ``/``) or ``--max-shard-size`` is given.
+
 Errors print one line on stderr, never a traceback; paths are printed with undecodable bytes as
 ``\xff`` escapes. ``--quiet`` prints nothing but errors; otherwise warnings (from NumPy, say) are
 one ``tensorbridge: warning:`` line each.
@@ -125,7 +129,8 @@ def _warnings_shown(err: TextIO, quiet: bool) -> Iterator[None]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tensorbridge",
-        description="Convert, inspect and compare tensor files (.npy, .npz, .pt/.pth/.bin, .safetensors).",
+        description="Convert, inspect and compare tensor files (.npy, .npz, .pt/.pth/.bin, .safetensors, and "
+        "Hugging Face sharded safetensors sets: a directory holding model.safetensors.index.json).",
         epilog=_EPILOG,
     )
     sub = p.add_subparsers(dest="command", required=True)
@@ -142,6 +147,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace DST if it exists")
     c.add_argument("--from", dest="src_format", metavar="FORMAT", help="the source format, if its suffix does not say")
     c.add_argument("--to", dest="dst_format", metavar="FORMAT", help="the destination format, likewise")
+    c.add_argument(
+        "--max-shard-size",
+        metavar="SIZE",
+        help="write DST as a Hugging Face sharded set (a directory of model-0000K-of-0000N.safetensors and "
+        "model.safetensors.index.json) with at most SIZE bytes per shard: 5GB, 500MB, 2GiB or bytes (a DST "
+        "directory or name without suffix is a set with 5GB shards already)",
+    )
+    c.add_argument("--strip-prefix", metavar="PREFIX", help="remove PREFIX (e.g. model.) from names starting with it")
     c.add_argument("--quiet", action="store_true", help="print nothing but errors")
     i = sub.add_parser("inspect", help="list names, dtypes, shapes, sizes and metadata (from headers only)")
     i.add_argument("file")
@@ -241,6 +254,8 @@ def _convert(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             verify=args.verify,
             force=args.force,
             progress=bar,
+            max_shard_size=args.max_shard_size,
+            strip_prefix=args.strip_prefix,
         )
     except VerifyError as e:
         bar.close()

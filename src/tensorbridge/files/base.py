@@ -68,7 +68,13 @@ class Archive:
 
 
 class Format(Protocol):
-    """One file format: a reader and a streaming writer."""
+    """One file format: a reader and a streaming writer.
+
+    A format whose files are directories (a sharded set, ``hf_sets.py``) also has a class
+    attribute ``directory = True``: ``read``/``write`` are then given a directory (``write`` an
+    empty one that ``set_output.py`` puts in place), and ``steps.py`` looks the attribute up with
+    ``getattr(fmt, "directory", False)``.
+    """
 
     name: str
     suffixes: tuple[str, ...]

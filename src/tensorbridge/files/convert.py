@@ -25,11 +25,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import format_for
+from ..errors import UnsupportedError
+from . import format_for, is_set_path
 from .base import Entry
 from .compare import CHUNK as CHUNK
 from .compare import Progress, VerifyError, _compare_values, _numeric, _verify
+from .hf_sets import DEFAULT_SHARD_SIZE, SAFETENSORS_SET, SafetensorsSetFormat, parse_size
 from .output import check_destination
+from .set_output import check_set_destination
 from .steps import cast_floating, check_source, floating_target, read_archive, select, write_archive
 
 __all__ = ["ConvertReport", "Difference", "Inspection", "Progress", "VerifyError", "convert", "diff", "inspect"]
@@ -96,6 +99,8 @@ def convert(
     verify: bool = False,
     force: bool = False,
     progress: Progress | None = None,
+    max_shard_size: int | str | None = None,
+    strip_prefix: str | None = None,
 ) -> ConvertReport:
     """Convert ``src`` to ``dst``, one array at a time.
 
@@ -113,6 +118,11 @@ def convert(
         force: replace an existing ``dst`` (a file or a symbolic link; never a directory).
         progress: called with ``("convert", bytes done, bytes total)`` as each array is loaded
             and once at the end, then with ``("verify", ...)`` as the written file is compared.
+        max_shard_size: write ``dst`` as a Hugging Face sharded set (a directory of shards and
+            ``model.safetensors.index.json``) with at most this many bytes per shard: bytes, or
+            ``"5GB"``, ``"500MB"``, ``"2GiB"``. A destination that names a set (a directory, no
+            suffix) gets 5GB shards without it.
+        strip_prefix: remove this prefix from the names that start with it (``"model."``).
 
     Raises:
         FileFormatError: the source is missing, a directory, unreadable or malformed.
@@ -129,11 +139,29 @@ def convert(
         1
     """
     check_source(src, "convert")
-    check_destination(dst, force=force)
+    limit = None if max_shard_size is None else parse_size(max_shard_size)
+    if limit is not None and dst_format is None:
+        if not is_set_path(dst):
+            raise UnsupportedError(
+                "convert", dst, "--max-shard-size writes a sharded set (a directory), and this names a file",
+                "Give a directory name without suffix, e.g. out/",
+            )  # fmt: skip
+        dst_format = SAFETENSORS_SET.name
+    to_set = is_set_path(dst) if dst_format is None else dst_format.lower().lstrip(".") == SAFETENSORS_SET.name
+    if limit is not None and not to_set:
+        raise UnsupportedError(
+            "convert", dst, f"--max-shard-size writes a sharded set, and --to says {dst_format}",
+            "Leave out --to (or pass --to safetensors-set), and give a directory name",
+        )  # fmt: skip
+    (check_set_destination if to_set else check_destination)(dst, force=force)
     src_fmt, dst_fmt = format_for(src, src_format), format_for(dst, dst_format)
+    if to_set:
+        dst_fmt = SafetensorsSetFormat(limit or DEFAULT_SHARD_SIZE)
     target = None if dtype is None else floating_target(dtype, src)
     archive = read_archive(src_fmt, src)
     entries, nesting = select(archive, only, src)
+    if strip_prefix:
+        entries, nesting = _stripped(entries, strip_prefix, src), None
     cast = 0
     if target is not None:
         entries, cast = cast_floating(entries, target)
@@ -163,6 +191,22 @@ def convert(
     )
     kept = len(entries) - cast if target is not None else 0
     return ConvertReport(src, dst, len(entries), total, verify, cast, kept, None if target is None else target.name)
+
+
+def _stripped(entries: list[Entry], prefix: str, src: str) -> list[Entry]:
+    """The entries with ``prefix`` removed from the names that start with it; two alike is an error."""
+    out: list[Entry] = []
+    seen: dict[str, str] = {}
+    for e in entries:
+        name = e.name[len(prefix) :] if e.name.startswith(prefix) and e.name != prefix else e.name
+        if name in seen:
+            raise UnsupportedError(
+                "convert", src, f"--strip-prefix {prefix!r} makes {seen[name]!r} and {e.name!r} both {name!r}",
+                "Pick another prefix, or select fewer names with --only",
+            )  # fmt: skip
+        seen[name] = e.name
+        out.append(Entry(name, e.dtype, e.shape, e.load))
+    return out
 
 
 @dataclass(frozen=True)

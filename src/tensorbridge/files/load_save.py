@@ -45,9 +45,10 @@ import torch
 
 from ..dtypes import row_for_torch
 from ..errors import ConversionError, FileFormatError, UnsupportedError
-from . import format_for, structure
+from . import format_for, is_set_path, structure
 from .base import Archive, Entry, Format, bad_file
 from .output import check_destination, shown
+from .set_output import check_set_destination
 from .steps import cast_floating, check_source, floating_target, read_archive, select, write_archive
 
 # open is left out, so a star import keeps the builtin; it is public all the same (tensorbridge.open).
@@ -351,7 +352,8 @@ def save(
 def _save(
     data: Any, path: str, fmt_name: str | None, force: bool, dtype: object, metadata: Mapping[str, str] | None
 ) -> None:
-    check_destination(path, force=force)
+    to_set = is_set_path(path) if fmt_name is None else fmt_name.lower().lstrip(".") == "safetensors-set"
+    (check_set_destination if to_set else check_destination)(path, force=force)
     fmt = format_for(path, fmt_name)
     target = None if dtype is None else floating_target(dtype, path, "save")
     try:

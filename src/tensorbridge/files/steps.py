@@ -24,6 +24,7 @@ from ..errors import ConversionError, FileFormatError, StructureError, Unsupport
 from . import structure
 from .base import Archive, Entry, Format, bad_file, clipped
 from .output import Output, shown
+from .set_output import SetOutput
 
 __all__ = ["cast_floating", "check_source", "floating_target", "read_archive", "select", "write_archive"]
 
@@ -42,8 +43,10 @@ def _short(err: BaseException) -> str:
 def check_source(path: str, what: str) -> None:
     """Refuse a source that is missing, a directory or unreadable, naming it (before its suffix is looked at).
 
+    A directory is accepted only as a sharded safetensors set: one that holds its index (``hf_sets.py``).
+
     Raises:
-        FileFormatError: (ValueError) ``path`` is missing, a directory, or cannot be read.
+        FileFormatError: (ValueError) ``path`` is missing, a directory without a set's index, or cannot be read.
 
     Example:
         >>> import tempfile
@@ -67,9 +70,30 @@ def check_source(path: str, what: str) -> None:
     except (UnicodeError, ValueError) as err:
         raise FileFormatError(what, shown(path), f"the name is not a valid path ({err})", "Check the path") from err
     if stat.S_ISDIR(st.st_mode):
-        raise FileFormatError(what, shown(path), "it is a directory, not a tensor file", _FILES)
+        from .hf_sets import INDEX_NAME, find_index
+
+        if find_index(path) is None:
+            raise FileFormatError(
+                what,
+                shown(path),
+                f"it is a directory, not a tensor file (it holds no {INDEX_NAME})",
+                _directory_fix(path),
+            )
     if not os.access(path, os.R_OK):
         raise FileFormatError(what, shown(path), "the file cannot be read (permission denied)", "Check its permissions")
+
+
+def _directory_fix(path: str) -> str:
+    """What to do with a directory that is not a sharded set: name its lone tensor file, if it has one."""
+    try:
+        files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+    except OSError:
+        files = []
+    if len(files) == 1:
+        return f"Give the file inside it: {shown(os.path.join(path, files[0]))}"
+    if files:
+        return f"It holds {len(files)} .safetensors files but no index: give one of them, or write the index"
+    return _FILES + ", or a sharded set's directory"
 
 
 def read_archive(fmt: Format, path: str) -> Archive:
@@ -93,6 +117,12 @@ def read_archive(fmt: Format, path: str) -> Archive:
         ...
         tensorbridge.errors.FileFormatError: reading at ...cut.npy: the file does not start with the .npy magic...
     """
+    if os.path.isdir(path) and not getattr(fmt, "directory", False):
+        raise bad_file(
+            path,
+            f"it is a directory (a sharded safetensors set), not a {fmt.name} file",
+            "Leave out --from/--format, or give one of the files inside it",
+        )
     try:
         archive = fmt.read(path)
     except _NOT_THE_FILE:
@@ -227,6 +257,9 @@ def write_archive(
 ) -> None:
     """Write the entries into a new file put at ``dst`` only when complete (``output.py``).
 
+    A format that writes a directory (a sharded set, ``hf_sets.py``) is written into a new
+    directory beside ``dst``, renamed into place when complete (``set_output.py``).
+
     ``check(path)`` runs on the written file before it is put in place (``convert --verify``).
     ``written(nbytes)`` is called from a helper thread every :data:`POLL_SECONDS` while the
     writer runs, with the file's size: progress within one large tensor, whatever the format.
@@ -245,6 +278,17 @@ def write_archive(
         >>> np.load(dst).tolist()
         [0, 0]
     """
+    if getattr(fmt, "directory", False):  # a sharded set: a directory, put in place as a whole
+        with SetOutput(dst, force=force) as folder:
+            try:
+                with _watching(folder, written):
+                    fmt.write(folder.path, entries, nesting, extra)
+                if check is not None:
+                    check(folder.path)
+            except (ConversionError, OSError) as err:
+                raise _renamed(err, folder.path, dst) from err
+            folder.commit()
+        return
     with Output(dst, force=force) as out:
         try:
             with _watching(out, written):
@@ -261,7 +305,7 @@ POLL_SECONDS: Final = 0.1
 
 
 @contextlib.contextmanager
-def _watching(out: Output, written: Callable[[int], None] | None) -> Iterator[None]:
+def _watching(out: Output | SetOutput, written: Callable[[int], None] | None) -> Iterator[None]:
     """Report ``out``'s size to ``written`` from a helper thread until the block ends."""
     if written is None:
         yield
