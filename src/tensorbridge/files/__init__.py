@@ -7,11 +7,13 @@
 | torch.save | ``.pt``, ``.pth``, ``.bin`` | ``torch_files.py``; reading ``pickle_*.py``, writing ``pt_*.py`` |
 | safetensors | ``.safetensors`` | ``safetensors_files.py`` |
 | Hugging Face sharded safetensors set | a directory, ``.index.json`` | ``hf_sets.py``, ``set_output.py`` |
+| torch.distributed.checkpoint (read-only) | a directory holding ``.metadata`` | ``dcp_files.py``, ``dcp_metadata.py`` |
 
 A path names a sharded set (format ``safetensors-set``) when it ends with ``.index.json`` or
 with ``/``, is an existing directory (one named like a file, ``out.npz``, only if it holds an
 index), or does not exist yet and has no suffix at all: ``tensorbridge convert model.pt out``
-writes the directory ``out``.
+writes the directory ``out``. An existing directory holding ``.metadata`` and no index is a DCP
+checkpoint (format ``dcp``), not a set.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ __all__ = ["FORMATS", "Archive", "Entry", "Format", "format_for", "is_set_path"]
 
 
 def _formats() -> dict[str, Format]:
-    from . import hf_sets, npy_files, npz_files, safetensors_files, torch_files
+    from . import dcp_files, hf_sets, npy_files, npz_files, safetensors_files, torch_files
 
     table: dict[str, Format] = {}
-    for fmt in (npy_files.NPY, npz_files.NPZ, torch_files.PT, safetensors_files.SAFETENSORS, hf_sets.SAFETENSORS_SET):
+    sets = (hf_sets.SAFETENSORS_SET, dcp_files.DCP)
+    for fmt in (npy_files.NPY, npz_files.NPZ, torch_files.PT, safetensors_files.SAFETENSORS, *sets):
         table[fmt.name] = fmt
     return table
 
@@ -54,6 +57,10 @@ def format_for(path: str, override: str | None = None) -> Format:
         return fmt
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
+    from .dcp_files import is_dcp_dir
+
+    if is_dcp_dir(path):
+        return FORMATS["dcp"]
     if is_set_path(path):
         return FORMATS["safetensors-set"]
     for fmt in FORMATS.values():
@@ -78,6 +85,10 @@ def is_set_path(path: str) -> bool:
         (True, True, False)
     """
     path = os.fspath(path)
+    from .dcp_files import is_dcp_dir
+
+    if is_dcp_dir(path):  # a DCP checkpoint (.metadata, no index) is no set
+        return False
     if path.endswith(("/", os.sep)) or path.lower().endswith(".index.json"):
         return True
     suffix = os.path.splitext(path)[1].lower()

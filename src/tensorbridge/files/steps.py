@@ -43,7 +43,8 @@ def _short(err: BaseException) -> str:
 def check_source(path: str, what: str) -> None:
     """Refuse a source that is missing, a directory or unreadable, naming it (before its suffix is looked at).
 
-    A directory is accepted only as a sharded safetensors set: one that holds its index (``hf_sets.py``).
+    A directory is accepted only as a sharded safetensors set: one that holds its index (``hf_sets.py``),
+    or as a DCP checkpoint: one that holds ``.metadata`` (``dcp_files.py``).
 
     Raises:
         FileFormatError: (ValueError) ``path`` is missing, a directory without a set's index, or cannot be read.
@@ -70,9 +71,10 @@ def check_source(path: str, what: str) -> None:
     except (UnicodeError, ValueError) as err:
         raise FileFormatError(what, shown(path), f"the name is not a valid path ({err})", "Check the path") from err
     if stat.S_ISDIR(st.st_mode):
+        from .dcp_files import is_dcp_dir
         from .hf_sets import INDEX_NAME, find_index
 
-        if find_index(path) is None:
+        if find_index(path) is None and not is_dcp_dir(path):
             raise FileFormatError(
                 what,
                 shown(path),

@@ -1,0 +1,221 @@
+"""torch.distributed.checkpoint (DCP) directories: read-only, one lazily loaded entry per tensor.
+
+A DCP directory holds ``.metadata`` (a pickle of DCP's ``Metadata``, read without running code
+by ``dcp_metadata.py``) and ``__<rank>_<n>.distcp`` data files. Each tensor is stored as one or
+more chunks (one per rank that held a shard of it); each chunk is a complete ``torch.save``
+payload at an (offset, length) of a data file.
+
+**Reading.** :meth:`DcpFormat.read` reads only the metadata and checks it against the files: every
+chunk's bytes lie inside its file, and the chunks of a tensor lie inside it and cover it exactly
+(no gap, no overlap), declaring at most ``MAX_REPEAT`` times the bytes they store. An entry's
+:meth:`~tensorbridge.files.base.Entry.load` reads each chunk's slice (bounded by its length) into
+a private temporary file and reads that with tensorbridge's own safe torch.save reader
+(``torch_files.PT``: its pickle scan, then ``torch.load(weights_only=True)``), then puts the chunks
+together. Entry names are the flattened names DCP keeps (``model.layer.weight``).
+
+**Not read.** Values DCP stores as pickled bytes (an ``int`` step, optimizer hyperparameters:
+``BytesStorageMetadata``) are skipped: only tensors are entries, and ``tensorbridge inspect``
+does not list the others. Chunks stored through storage extensions (compression) are refused.
+
+**Writing** is refused (:class:`UnsupportedError`): convert the directory to ``.safetensors`` or a set.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import numpy as np
+
+from ..dtypes import row_for_torch
+from ..errors import ConversionError, UnsupportedError
+from .base import Archive, Entry, bad_file
+from .dcp_metadata import METADATA_NAME, DcpChunk, DcpTensor, read_metadata
+from .pickle_standins import MAX_REPEAT, REPEAT_SLACK
+
+__all__ = ["DCP", "DcpFormat", "is_dcp_dir"]
+
+#: The most chunks one tensor may have (one per rank that holds a shard; checked pairwise).
+MAX_CHUNKS: Final = 4096
+_BLOCK: Final = 1 << 20
+
+
+def is_dcp_dir(path: str) -> bool:
+    """Whether ``path`` is a DCP checkpoint: a directory holding ``.metadata`` and no Hugging Face index.
+
+    Example:
+        >>> import tempfile
+        >>> is_dcp_dir(tempfile.gettempdir())
+        False
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, METADATA_NAME)):
+        return False
+    from .hf_sets import find_index
+
+    return find_index(path) is None
+
+
+def _volume(sizes: Sequence[int]) -> int:
+    n = 1
+    for d in sizes:
+        n *= d
+    return n
+
+
+def _check_cover(path: str, t: DcpTensor) -> None:
+    """The chunks lie inside the tensor and cover it exactly: no gap, no overlap."""
+    if len(t.chunks) > MAX_CHUNKS:
+        raise bad_file(path, f"{t.name!r} has {len(t.chunks)} chunks, more than the {MAX_CHUNKS} read")
+    for c in t.chunks:
+        if len(c.offsets) != len(t.shape) or len(c.sizes) != len(t.shape):
+            raise bad_file(path, f"a chunk of {t.name!r} has {len(c.sizes)} dimensions, the tensor {len(t.shape)}")
+        if any(o + s > d for o, s, d in zip(c.offsets, c.sizes, t.shape, strict=True)):
+            raise bad_file(
+                path,
+                f"chunk at {list(c.offsets)} of size {list(c.sizes)} reaches outside {t.name!r} "
+                f"of shape {list(t.shape)}",
+            )
+    live = [c for c in t.chunks if _volume(c.sizes)]
+    for i, a in enumerate(live):
+        for b in live[i + 1 :]:
+            if all(
+                ao < bo + bs and bo < ao + as_
+                for ao, as_, bo, bs in zip(a.offsets, a.sizes, b.offsets, b.sizes, strict=True)
+            ):
+                raise bad_file(path, f"chunks at {list(a.offsets)} and {list(b.offsets)} of {t.name!r} overlap")
+    covered = sum(_volume(c.sizes) for c in live)
+    if covered != _volume(t.shape):
+        raise bad_file(
+            path, f"the chunks of {t.name!r} hold {covered} of its {_volume(t.shape)} elements (the rest is missing)"
+        )
+
+
+def _read_chunk(directory: str, t: DcpTensor, c: DcpChunk, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """One chunk's torch.save payload, read by tensorbridge's safe .pt reader from a private copy."""
+    from .torch_files import PT
+
+    src = os.path.join(directory, c.file)
+    where = f"chunk {list(c.offsets)} of {t.name!r} (bytes {c.offset}..{c.offset + c.length})"
+    with tempfile.TemporaryDirectory(prefix="tensorbridge-dcp-") as tmp:
+        copy = os.path.join(tmp, "chunk.pt")
+        with open(src, "rb") as f, open(copy, "wb") as out:
+            f.seek(c.offset)
+            left = c.length
+            while left:
+                block = f.read(min(left, _BLOCK))
+                if not block:
+                    raise bad_file(src, f"{where} ends past the end of the file (it is truncated)")
+                out.write(block)
+                left -= len(block)
+        try:
+            entries = PT.read(copy).entries
+            if len(entries) != 1 or entries[0].name != "data":
+                raise bad_file(src, f"{where} holds {len(entries)} arrays, not one tensor")
+            arr = np.array(entries[0].load(), order="C", copy=True)
+        except ConversionError as err:
+            if not err.path or err.path != copy:
+                raise
+            raise bad_file(src, f"{where} is not a readable torch.save payload ({err.cause})") from err
+    if arr.dtype != dtype or arr.shape != c.sizes:
+        raise bad_file(
+            src, f"{where} holds {arr.dtype} {list(arr.shape)}, but the metadata declares {dtype} {list(c.sizes)}"
+        )
+    return arr
+
+
+def _loader(directory: str, t: DcpTensor, dtype: np.dtype[Any]) -> Callable[[], np.ndarray[Any, Any]]:
+    def load() -> np.ndarray[Any, Any]:
+        if len(t.chunks) == 1:
+            return _read_chunk(directory, t, t.chunks[0], dtype)
+        out = np.empty(t.shape, dtype)
+        for c in t.chunks:
+            if _volume(c.sizes):
+                box = tuple(slice(o, o + s) for o, s in zip(c.offsets, c.sizes, strict=True))
+                out[box] = _read_chunk(directory, t, c, dtype)
+        return out
+
+    return load
+
+
+class DcpFormat:
+    """DCP checkpoint directories (see the module docstring): read-only."""
+
+    name: str = "dcp"
+    suffixes: tuple[str, ...] = ()
+    keeps_metadata: bool = False
+    directory: bool = True
+
+    def read(self, path: str) -> Archive:
+        """Read a DCP directory's metadata and check it against its data files; load no data.
+
+        Raises:
+            FileFormatError: (ValueError) the metadata is hostile or malformed, or claims bytes or
+                chunks the files do not hold.
+            UnsupportedError: (TypeError) a tensor's dtype has no NumPy counterpart.
+
+        Example:
+            >>> import tempfile, torch, warnings
+            >>> import torch.distributed.checkpoint as dcp
+            >>> folder = tempfile.mkdtemp()
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")
+            ...     _ = dcp.save({"model": {"w": torch.ones(2, 3)}}, checkpoint_id=folder, no_dist=True)
+            >>> archive = DCP.read(folder)
+            >>> [(e.name, e.dtype.name, e.shape) for e in archive.entries], archive.entries[0].load().sum()
+            ([('model.w', 'float32', (2, 3))], np.float32(6.0))
+        """
+        path = os.fspath(path)
+        tensors, _skipped = read_metadata(path)
+        sizes: dict[str, int] = {}
+        entries = []
+        for t in tensors:
+            stored = 0
+            for c in t.chunks:
+                if c.file not in sizes:
+                    src = os.path.join(path, c.file)
+                    if not os.path.isfile(src):
+                        raise bad_file(path, f"{t.name!r} is stored in {c.file!r}, which the directory does not hold")
+                    sizes[c.file] = os.path.getsize(src)
+                if c.offset + c.length > sizes[c.file]:
+                    raise bad_file(
+                        os.path.join(path, c.file),
+                        f"a chunk of {t.name!r} claims bytes {c.offset}..{c.offset + c.length}, but the file holds "
+                        f"only {sizes[c.file]}",
+                        "The checkpoint is truncated or its .metadata belongs to another one",
+                    )
+                stored += c.length
+            _check_cover(path, t)
+            row = row_for_torch(t.dtype)
+            if row is None:
+                raise UnsupportedError(
+                    "reading",
+                    path,
+                    f"{t.name!r} has dtype {t.dtype}, which NumPy cannot hold",
+                    "Leave it out with --only",
+                )
+            if _volume(t.shape) * row.numpy.itemsize > MAX_REPEAT * stored + REPEAT_SLACK:
+                raise bad_file(path, f"{t.name!r} of shape {list(t.shape)} claims far more bytes than its chunks store")
+            entries.append(Entry(t.name, row.numpy, t.shape, _loader(path, t, row.numpy)))
+        return Archive(entries, None, {})
+
+    def write(self, path: str, entries: Sequence[Entry], structure: Any, extra: dict[str, str]) -> None:
+        """Refuse: DCP directories are read-only here.
+
+        Raises:
+            UnsupportedError: (TypeError) always.
+
+        Example:
+            >>> DCP.write("ckpt", [], None, {})
+            Traceback (most recent call last):
+            ...
+            tensorbridge.errors.UnsupportedError: writing at ckpt: DCP directories are read-only here...
+        """
+        raise UnsupportedError(
+            "writing", os.fspath(path), "DCP directories are read-only here", "Convert to .safetensors or a set"
+        )
+
+
+DCP: Final = DcpFormat()
