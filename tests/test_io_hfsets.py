@@ -239,7 +239,7 @@ def test_from_safetensors_on_a_set_is_one_line_not_errno(tmp_path: Path) -> None
     folder = hf_set(tmp_path / "set", SHARDS)
     code, _, err = run("convert", str(folder), str(tmp_path / "o.npz"), "--from", "safetensors")
     one_line_error(code, err)
-    assert "it is a directory (a sharded safetensors set), not a safetensors file" in err
+    assert "it is a directory (a sharded safetensors set or a DCP checkpoint), not a safetensors file" in err
 
 
 def test_an_existing_destination_directory_is_refused_without_force(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def _directory_fix(path: str) -> str:
         return f"Give the file inside it: {shown(os.path.join(path, files[0]))}"
     if files:
         return f"It holds {len(files)} .safetensors files but no index: give one of them, or write the index"
-    return _FILES + ", or a sharded set's directory"
+    return _FILES + ", a sharded set's directory, or a torch.distributed.checkpoint directory (with .metadata)"
 
 
 def read_archive(fmt: Format, path: str) -> Archive:
@@ -122,7 +122,7 @@ def read_archive(fmt: Format, path: str) -> Archive:
     if os.path.isdir(path) and not getattr(fmt, "directory", False):
         raise bad_file(
             path,
-            f"it is a directory (a sharded safetensors set), not a {fmt.name} file",
+            f"it is a directory (a sharded safetensors set or a DCP checkpoint), not a {fmt.name} file",
             "Leave out --from/--format, or give one of the files inside it",
         )
     try:
