@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from typing import Any
 
@@ -80,3 +81,18 @@ def sample():
 sampler = threading.Thread(target=sample)
 sampler.start()
 """
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """Run the ``tensorbridge`` command in-process: (exit status, stdout, stderr)."""
+    from tensorbridge.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def one_line_error(code: int, err: str) -> None:
+    """Exit status 2 and one ``tensorbridge: error:`` line: no traceback, no raw OS error."""
+    assert code == 2 and err.count("\n") == 1 and err.startswith("tensorbridge: error: "), err
+    assert "Traceback" not in err and "Errno" not in err, err

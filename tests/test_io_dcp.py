@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import subprocess
@@ -25,20 +24,11 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
-from tensorbridge.cli import main
 from tensorbridge.files import format_for, is_set_path
 from tensorbridge.files.dcp_files import DCP, is_dcp_dir
 
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
-
-
-def one_line_error(code: int, err: str) -> None:
-    assert code == 2 and err.count("\n") == 1 and err.startswith("tensorbridge: error: "), err
-    assert "Traceback" not in err and "Errno" not in err, err
+from .helpers import one_line_error
+from .helpers import run_cli as run
 
 
 def state() -> dict[str, torch.Tensor]:

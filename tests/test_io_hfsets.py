@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -13,22 +12,13 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import tensorbridge as tb
-from tensorbridge.cli import main
 from tensorbridge.files import format_for
 from tensorbridge.files.hf_sets import MAX_INDEX_BYTES, SafetensorsSetFormat, parse_size
 
+from .helpers import one_line_error
+from .helpers import run_cli as run
+
 INDEX = "model.safetensors.index.json"
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
-
-
-def one_line_error(code: int, err: str) -> None:
-    assert code == 2 and err.count("\n") == 1 and err.startswith("tensorbridge: error: "), err
-    assert "Traceback" not in err and "Errno" not in err, err
 
 
 def tensors() -> dict[str, np.ndarray[Any, Any]]:

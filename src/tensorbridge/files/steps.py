@@ -280,18 +280,9 @@ def write_archive(
         >>> np.load(dst).tolist()
         [0, 0]
     """
-    if getattr(fmt, "directory", False):  # a sharded set: a directory, put in place as a whole
-        with SetOutput(dst, force=force) as folder:
-            try:
-                with _watching(folder, written):
-                    fmt.write(folder.path, entries, nesting, extra)
-                if check is not None:
-                    check(folder.path)
-            except (ConversionError, OSError) as err:
-                raise _renamed(err, folder.path, dst) from err
-            folder.commit()
-        return
-    with Output(dst, force=force) as out:
+    # A sharded set is a directory, put in place as a whole; every other format one file.
+    opened = SetOutput if getattr(fmt, "directory", False) else Output
+    with opened(dst, force=force) as out:
         try:
             with _watching(out, written):
                 fmt.write(out.path, entries, nesting, extra)
