@@ -164,8 +164,8 @@ class DcpFormat:
             ...     warnings.simplefilter("ignore")
             ...     _ = dcp.save({"model": {"w": torch.ones(2, 3)}}, checkpoint_id=folder, no_dist=True)
             >>> archive = DCP.read(folder)
-            >>> [(e.name, e.dtype.name, e.shape) for e in archive.entries], archive.entries[0].load().sum()
-            ([('model.w', 'float32', (2, 3))], np.float32(6.0))
+            >>> [(e.name, e.dtype.name, e.shape) for e in archive.entries], float(archive.entries[0].load().sum())
+            ([('model.w', 'float32', (2, 3))], 6.0)
         """
         path = os.fspath(path)
         tensors, _skipped = read_metadata(path)
