@@ -346,11 +346,16 @@ def fill(col: Column, out: torch.Tensor | None) -> Any:
                 torch.stack(col.values, out=dst)  # type: ignore[arg-type]  # a tuple of tensors is fine
         else:
             _stack_arrays(col, dst)
-    except (ValueError, TypeError, RuntimeError):  # NotImplementedError (a sparse value) is a RuntimeError
+    except (ValueError, TypeError, RuntimeError) as err:  # NotImplementedError (a sparse value) is a RuntimeError
         _mismatch(col.values, col.name)
         if col.kind == "tensors":
             _refuse_layouts(col.values, col.name)
-        raise
+        raise StructureError(  # a failure none of the checks names: still named, never raw
+            col.name.what,
+            col.name(0),
+            f"the column could not be stacked ({type(err).__name__}: {err})",
+            "Give every sample values of one shape, dtype, layout and device there",
+        ) from err
     if not cast:
         return dst
     casted = _cast(col, dst)
