@@ -36,6 +36,9 @@ def to_tensor(
     dense: bool = False,
     na_value: object = NO_VALUE,
     datetime_unit: str | None = None,
+    mesh: Any = None,
+    placements: Any = None,
+    src: int | None = 0,
 ) -> torch.Tensor: ...
 
 
@@ -52,6 +55,9 @@ def to_tensor(
     dense: bool = False,
     na_value: object = NO_VALUE,
     datetime_unit: str | None = None,
+    mesh: Any = None,
+    placements: Any = None,
+    src: int | None = 0,
 ) -> _Container: ...
 
 
@@ -68,6 +74,9 @@ def to_tensor(
     dense: bool = False,
     na_value: object = NO_VALUE,
     datetime_unit: str | None = None,
+    mesh: Any = None,
+    placements: Any = None,
+    src: int | None = 0,
 ) -> Any: ...
 
 
@@ -83,6 +92,9 @@ def to_tensor(
     dense: bool = False,
     na_value: object = NO_VALUE,
     datetime_unit: str | None = None,
+    mesh: Any = None,
+    placements: Any = None,
+    src: int | None = 0,
 ) -> Any:
     """Convert NumPy arrays (alone or anywhere in containers) to tensors.
 
@@ -130,6 +142,17 @@ def to_tensor(
         na_value: what missing values in pandas columns become; by default they raise.
         datetime_unit: pandas datetimes/timedeltas become int64 counts of this unit
             (``"ns"``, ``"us"``, ``"ms"``, ``"s"``, ``"D"``); by default they raise.
+        mesh: a ``DeviceMesh``: every array and tensor becomes a DTensor on it, each rank
+            allocating only its own shard (on the mesh's device). Every rank of the mesh calls.
+        placements: with ``mesh``, one placement per mesh dimension (``[Shard(0)]``; the
+            default is ``Replicate()`` on each), or a function ``(key path, shape) ->
+            placements`` to choose per leaf. ``Shard(d)`` splits as ``torch.chunk`` does
+            (uneven shards welcome); ``Partial`` and placements that do not fit the mesh or
+            the leaf are refused with the fix, before anything moves.
+        src: with ``mesh``, the rank whose data is scattered (the others pass None or the same
+            structure; the structure and dtypes come from ``src``; every rank checks them
+            before data moves); None: every rank holds the same data (a memory map is fine)
+            and slices its own shard out of it, with no communication.
 
     Returns:
         The same structure with tensors in place of arrays. With a CUDA ``device``, large
@@ -152,6 +175,12 @@ def to_tensor(
         ([2, 1, 0], 7)
     """
     opts = tensor_options(dtype, device, copy, requires_grad, pin_memory, non_blocking, dense, na_value, datetime_unit)
+    if mesh is not None:
+        from .distributed import scatter_leaves  # imports torch.distributed only when asked
+
+        return scatter_leaves(data, opts, mesh, placements, src)
+    if placements is not None:
+        raise UnsupportedError("to_tensor", "placements", "placements= describes DTensors", "Pass mesh= as well")
     return convert(data, opts)
 
 
@@ -166,6 +195,8 @@ def to_numpy(
     quantized: str | None = None,
     na_value: object = NO_VALUE,
     datetime_unit: str | None = None,
+    shards: str = "error",
+    dst: int | None = 0,
 ) -> np.ndarray[Any, Any]: ...
 
 
@@ -180,6 +211,8 @@ def to_numpy(
     quantized: str | None = None,
     na_value: object = NO_VALUE,
     datetime_unit: str | None = None,
+    shards: str = "error",
+    dst: int | None = 0,
 ) -> _Container: ...
 
 
@@ -194,6 +227,8 @@ def to_numpy(
     quantized: str | None = None,
     na_value: object = NO_VALUE,
     datetime_unit: str | None = None,
+    shards: str = "error",
+    dst: int | None = 0,
 ) -> Any: ...
 
 
@@ -207,6 +242,8 @@ def to_numpy(
     quantized: str | None = None,
     na_value: object = NO_VALUE,
     datetime_unit: str | None = None,
+    shards: str = "error",
+    dst: int | None = 0,
 ) -> Any:
     """Convert tensors (alone or anywhere in containers) to NumPy arrays.
 
@@ -236,6 +273,18 @@ def to_numpy(
         na_value: what missing values in pandas columns become; by default they raise.
         datetime_unit: pandas datetimes/timedeltas become int64 counts of this unit; by
             default they raise.
+        shards: what a DTensor becomes. ``"error"`` (default) raises and names the choices;
+            ``"local"``: this rank's shard, zero-copy (``explain`` shows where it lies in the
+            global array); ``"gather"``: the full array on rank ``dst``, and None in its place
+            on the other ranks (plain tensors and other leaves convert as usual on every
+            rank). Every rank of the default process group must call with the same structure:
+            the ranks first agree on what they hold (key paths; each DTensor's shape, dtype,
+            mesh and placements), and a difference raises ``StructureError`` on every rank
+            before any data moves. ``dst`` then receives each DTensor's blocks point to point,
+            one leaf at a time (``Partial`` and strided placements through DTensor's own
+            ``full_tensor()``), so it holds at most one tensor beyond the result.
+        dst: the rank that gets the gathered arrays, or None for every rank (each then calls
+            ``full_tensor()``).
 
     Returns:
         The same structure with arrays in place of tensors. CUDA tensors come back through
@@ -247,6 +296,9 @@ def to_numpy(
             sparse layouts SciPy lacks, dtypes NumPy lacks, an ``nn.Module``.
         CopyRefusedError: (ValueError) ``copy=False`` but a copy is needed.
         ValueRangeError: (ValueError) a cast would change values.
+        StructureError: (ValueError) with ``shards="gather"``, the ranks hold different data.
+        DistributedError: (RuntimeError) a rank did not call within the process group's
+            timeout, or failed midway (every rank raises; none waits forever).
 
     Example:
         >>> import torch, tensorbridge as tb
@@ -255,7 +307,12 @@ def to_numpy(
         >>> out["w"].dtype.name, out["w"].tolist()
         ('bfloat16', [1.0, 1.0])
     """
-    return convert(data, numpy_options(dtype, copy, non_blocking, dense, quantized, na_value, datetime_unit))
+    opts = numpy_options(dtype, copy, non_blocking, dense, quantized, na_value, datetime_unit, shards, dst)
+    if opts.interop.shards == "gather":
+        from .distributed import gather_leaves  # imports torch.distributed only when asked
+
+        data = gather_leaves("to_numpy", data, opts.interop.dst)
+    return convert(data, opts)
 
 
 @dataclass(frozen=True)
@@ -322,4 +379,6 @@ def explain(data: Any, to: Literal["tensor", "numpy"] = "tensor", **options: Any
 _TENSOR_OPTIONS: Final = frozenset(
     {"dtype", "device", "copy", "requires_grad", "pin_memory", "non_blocking", "dense", "na_value", "datetime_unit"}
 )
-_NUMPY_OPTIONS: Final = frozenset({"dtype", "copy", "non_blocking", "dense", "quantized", "na_value", "datetime_unit"})
+_NUMPY_OPTIONS: Final = frozenset(
+    {"dtype", "copy", "non_blocking", "dense", "quantized", "na_value", "datetime_unit", "shards", "dst"}
+)

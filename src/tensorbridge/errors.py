@@ -13,6 +13,7 @@ __all__ = [
     "ConversionError",
     "CopyRefusedError",
     "DeviceError",
+    "DistributedError",
     "FileFormatError",
     "StructureError",
     "UnsupportedError",
@@ -75,6 +76,10 @@ class FileFormatError(ConversionError, ValueError):
 
 class DeviceError(ConversionError, RuntimeError):
     """A device or pinned-memory problem (also a RuntimeError)."""
+
+
+class DistributedError(ConversionError, RuntimeError):
+    """Ranks that could not work together: one did not call, timed out or failed (also a RuntimeError)."""
 
 
 class OutOfMemoryError(ConversionError, MemoryError):

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_NUMPY",
     "DEFAULT_TENSOR",
     "NO_VALUE",
+    "SHARDS",
     "InteropOptions",
     "ToNumpyOptions",
     "ToTensorOptions",
@@ -45,6 +46,7 @@ class _NoValue:
 #: The default of ``na_value``: missing values raise instead of being filled.
 NO_VALUE: Final = _NoValue()
 DATETIME_UNITS: Final = ("ns", "us", "ms", "s", "D")
+SHARDS: Final = ("error", "local", "gather")
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,17 @@ class InteropOptions:
             :data:`NO_VALUE` raises instead.
         datetime_unit: datetimes/timedeltas become int64 counts of this unit since the
             epoch; None raises instead.
+        shards: what ``to_numpy`` does with a DTensor: ``"error"`` raises and names the
+            choices, ``"local"`` gives this rank's shard, ``"gather"`` the full array on ``dst``.
+        dst: the rank that gets gathered arrays (``shards="gather"``), or None for every rank.
     """
 
     dense: bool = False
     quantized: Literal["dequantize", "int"] | None = None
     na_value: object = NO_VALUE
     datetime_unit: str | None = None
+    shards: Literal["error", "local", "gather"] = "error"
+    dst: int | None = 0
 
 
 DEFAULT_INTEROP: Final = InteropOptions()
@@ -194,9 +201,23 @@ def normalize_interop(
     quantized: object = None,
     na_value: object = NO_VALUE,
     datetime_unit: object = None,
+    shards: object = "error",
+    dst: object = 0,
 ) -> InteropOptions:
     """Validate the options that leaves from other libraries need."""
     dense = _flag(what, "dense", dense)
+    if not (type(shards) is str and shards in SHARDS):
+        raise UnsupportedError(
+            what,
+            "shards",
+            f"shards must be one of {SHARDS}, not {shards!r}",
+            "Pass 'local' for this rank's shard, or 'gather' for the full array on rank dst",
+        )
+    if dst is not None and (type(dst) is not int or dst < 0):
+        raise UnsupportedError(
+            what, "dst", f"dst must be a rank (an int >= 0) or None, not {dst!r}",
+            "Pass dst=0 for rank 0, or dst=None for every rank",
+        )  # fmt: skip
     if quantized not in (None, "dequantize", "int"):
         raise UnsupportedError(
             what,
@@ -211,9 +232,10 @@ def normalize_interop(
             f"datetime_unit must be one of {DATETIME_UNITS} or None, not {datetime_unit!r}",
             "Pass datetime_unit='ns' for int64 nanoseconds since the epoch",
         )
-    if dense is False and quantized is None and na_value is NO_VALUE and datetime_unit is None:
+    plain = dense is False and quantized is None and na_value is NO_VALUE and datetime_unit is None
+    if plain and shards == "error" and dst == 0:
         return DEFAULT_INTEROP
-    return InteropOptions(dense, quantized, na_value, datetime_unit)
+    return InteropOptions(dense, quantized, na_value, datetime_unit, shards, dst)  # type: ignore[arg-type]
 
 
 def _tensor_target(dtype: object) -> torch.dtype:
@@ -324,6 +346,8 @@ def numpy_options(
     quantized: object = None,
     na_value: object = NO_VALUE,
     datetime_unit: object = None,
+    shards: object = "error",
+    dst: object = 0,
 ) -> ToNumpyOptions:
     """``to_numpy``'s keyword arguments, validated and interned.
 
@@ -339,13 +363,17 @@ def numpy_options(
         and quantized is None
         and na_value is NO_VALUE
         and datetime_unit is None
+        and type(shards) is str
+        and shards == "error"
+        and dst == 0
+        and type(dst) is int
     ):
         return DEFAULT_NUMPY
-    raw = ("to_numpy", dtype, copy, non_blocking, dense, quantized, na_value, datetime_unit)
+    raw = ("to_numpy", dtype, copy, non_blocking, dense, quantized, na_value, datetime_unit, shards, dst)
     found = _remembered(raw)
     if found is not None:
         return found  # type: ignore[no-any-return]
-    interop = normalize_interop("to_numpy", dense, quantized, na_value, datetime_unit)
+    interop = normalize_interop("to_numpy", dense, quantized, na_value, datetime_unit, shards, dst)
     opts: ToNumpyOptions = _intern(normalize_to_numpy(dtype, copy, interop, non_blocking))
     _remember(raw, opts)
     return opts

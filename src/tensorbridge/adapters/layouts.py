@@ -1,4 +1,4 @@
-"""Special tensor kinds: quantized and nested tensors convert by choice; DTensor and fake tensors are refused.
+"""Special tensor kinds: quantized and nested tensors and DTensors convert by choice; fake tensors are refused.
 
 This module is the adapter for them: it recognizes the leaves, refuses those whose memory is not
 their values, and hands the conversions to one module per kind.
@@ -10,10 +10,14 @@ their values, and hands the conversions to one module per kind.
 - **Nested tensors** (``nested.py``): ``to_numpy`` gives a list of arrays, one per component;
   ``nested_tensor`` builds one back. ``to_tensor`` keeps it nested (device moves, ``copy=True``,
   ``dtype=`` checked per component).
-- **DTensor and fake tensors** are refused both ways, with the fix.
+- **DTensor**: ``to_numpy`` needs a choice, ``shards='local'`` (this rank's shard, zero-copy) or
+  ``shards='gather'`` (``tensorbridge.distributed`` gathers before the conversion, so what the
+  pipeline sees is a plain tensor; planned here only for ``explain``); ``to_tensor`` refuses it.
+- **Fake tensors** are refused both ways, with the fix.
 
 Sparse tensors are ``sparse.py``'s; meta tensors keep the planner's error. Nothing here imports
-``torch.distributed``: DTensor and FakeTensor are recognized through ``sys.modules``.
+``torch.distributed`` (``tensorbridge.distributed`` only once a DTensor is seen): DTensor and
+FakeTensor are recognized through ``sys.modules``.
 
 Planning reads only metadata (dtype, device, layout, qscheme, the number of components); what
 touches values (dequantizing, the codes, casts, ``.to()``, clones, rebuilding) runs with the
@@ -73,8 +77,31 @@ def _refuse_unbacked(t: torch.Tensor, what: str, path: str) -> None:
             path,
             f"DTensor (global shape {tuple(t.shape)}, placements [{placements}]): exported through DLPack or "
             "NumPy it hands out its global shape over this rank's local memory, which may hold only its shard",
-            "Call t.full_tensor() to gather the whole tensor, or t.to_local() for this rank's shard",
+            "Pass shards='gather' (the full array on rank dst=0, None elsewhere; dst=None: on every rank) or "
+            "shards='local' (this rank's shard, zero-copy) to to_numpy"
+            if what == "to_numpy"
+            else "Pass t.full_tensor() for the whole tensor or t.to_local() for this rank's shard; "
+            "to_tensor(arrays, mesh=..., placements=...) makes DTensors from arrays",
         )
+
+
+def _dtensor_to_numpy(t: Any, opts: ToNumpyOptions, path: str) -> Adoption | None:
+    """A DTensor under ``shards='local'`` (its shard) or ``'gather'`` (planned only: ``api`` gathers first)."""
+    shards = opts.interop.shards
+    if shards == "error" or not _is_dtensor(t):
+        return None
+    import torch.distributed as dist
+
+    from ..distributed import layout_words
+
+    rank = dist.get_rank()
+    if shards == "local":
+        why = f"this rank's shard, zero-copy (to_local()): {layout_words(t, rank)}"
+        return Adoption("adopt", why, t.to_local, source=f"DTensor {describe_tensor(t)}", free=True)
+    dst = opts.interop.dst
+    where = "every rank" if dst is None else f"rank {dst} (None on the other ranks)"
+    why = f"gathered onto {where} one leaf at a time, before the conversion: {layout_words(t, rank)}"
+    return Adoption("adopt_copy", why, t.full_tensor, source=f"DTensor {describe_tensor(t)}")
 
 
 # --- to_tensor on special tensors -------------------------------------------------------------
@@ -210,6 +237,9 @@ class _Layouts:
     def to_numpy(self, obj: Any, opts: ToNumpyOptions, path: str) -> Adoption:
         if isinstance(obj, QuantizedArray):
             return _quantized_array_to_numpy(obj, opts, path)
+        sharded = _dtensor_to_numpy(obj, opts, path)
+        if sharded is not None:
+            return sharded
         _refuse_unbacked(obj, "to_numpy", path)
         if obj.is_quantized:
             return _quantized_to_numpy(obj, opts, path)

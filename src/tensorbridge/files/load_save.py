@@ -36,17 +36,19 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Literal
 
 import numpy as np
 import torch
 
+from ..adapters.detect import is_instance
 from ..dtypes import row_for_torch
 from ..errors import ConversionError, FileFormatError, UnsupportedError
 from . import format_for, is_set_path, structure
 from .base import Archive, Entry, Format, bad_file
+from .hf_sets import DEFAULT_SHARD_SIZE, SAFETENSORS_SET, SafetensorsSetFormat, parse_size
 from .output import check_destination, shown
 from .set_output import check_set_destination
 from .steps import cast_floating, check_source, floating_target, read_archive, select, write_archive
@@ -63,8 +65,11 @@ _PYTHON_WORDS: Final = (
 )
 
 
-def _leaf_entry(name: str, leaf: Any, path: str) -> Entry:
-    """An entry for one array or tensor of the caller's data; its data is converted when it is written."""
+def _leaf_entry(name: str, leaf: Any, path: str, gathered: Callable[[Any], torch.Tensor] | None = None) -> Entry:
+    """An entry for one array or tensor of the caller's data; its data is converted when it is written.
+
+    ``gathered`` (``shards="gather"``, on the writing rank) assembles a DTensor when its entry is written.
+    """
     from ..api import to_numpy
 
     def refuse(why: str, fix: str) -> UnsupportedError:
@@ -80,6 +85,14 @@ def _leaf_entry(name: str, leaf: Any, path: str) -> Entry:
         row = row_for_torch(leaf.dtype)
         if row is None:
             raise refuse(f"has dtype {leaf.dtype}, which NumPy cannot hold", "Cast it to a dtype of tensorbridge.ROWS")
+        if is_instance(leaf, "torch.distributed.tensor", "DTensor"):
+            if gathered is None:
+                raise refuse(
+                    "is a DTensor, of which this rank may hold only a shard",
+                    "Pass shards='gather' and call save on every rank (rank dst=0 writes the file)",
+                )
+            source = leaf
+            return Entry(name, row.numpy, tuple(leaf.shape), lambda: to_numpy(gathered(source)))
         tensor = leaf.detach()
 
         def load() -> np.ndarray[Any, Any]:
@@ -318,6 +331,9 @@ def save(
     force: bool = False,
     dtype: object = None,
     metadata: Mapping[str, str] | None = None,
+    max_shard_size: int | str | None = None,
+    shards: str = "error",
+    dst: int = 0,
 ) -> None:
     """Write arrays and tensors, nested in dicts, lists and tuples, to a new tensor file, atomically.
 
@@ -331,12 +347,26 @@ def save(
         dtype: cast every floating-point array to this floating-point dtype (checked: a value that
             would become inf raises); integer, bool and complex arrays are kept.
         metadata: str -> str to keep in the file (``.safetensors`` and ``.npz``; the others have no room).
+        max_shard_size: write a Hugging Face sharded set (``path`` a directory name) with shards of
+            at most this many bytes (``"5GB"`` decimal, ``"4GiB"`` binary; a larger tensor gets a
+            shard of its own). A ``path`` without suffix writes a set of 5 GB shards by default.
+        shards: ``"gather"`` writes data holding DTensors (an FSDP2 ``state_dict()``) without
+            holding it: every rank of the default process group calls ``save`` with its own
+            shards; rank ``dst`` writes the file, receiving each DTensor from the ranks that
+            hold its blocks only when the writer reaches it, so it holds one tensor at a time
+            beyond the writer's buffers, and the other ranks send their shards as asked and
+            return. The ranks first agree on what they hold, and a failure on ``dst`` (its
+            destination exists, a disk error) raises on every rank, never a hang. ``"error"``
+            (default) refuses DTensors.
+        dst: the rank that writes, with ``shards="gather"``.
 
     Raises:
         StructureError: (ValueError) ``path`` exists without ``force``, is a directory, or its
             directory is missing or not writable (checked before any data is touched).
         UnsupportedError: (TypeError) what the format cannot hold: a dtype, a name, a leaf type,
             several arrays or containers in a ``.npy``, ``metadata`` for a format without room for it.
+        DistributedError: (RuntimeError) with ``shards="gather"``, a rank did not call within the
+            process group's timeout, or another rank failed (each rank raises).
 
     Example:
         >>> import tempfile, torch, tensorbridge as tb
@@ -345,22 +375,85 @@ def save(
         >>> tb.load(path, to="tensor")["w"], tb.open(path).metadata
         (tensor([1., 1.], dtype=torch.bfloat16), {'format': 'pt'})
     """
+    if shards not in ("error", "gather"):
+        raise UnsupportedError("saving", "shards", f"shards must be 'error' or 'gather', not {shards!r}", "Pass one")
     with _python_words("save"):
-        _save(data, os.fspath(path), format, force, dtype, metadata)
+        where = os.fspath(path)
+        if shards == "error":
+            _save(data, where, format, force, dtype, metadata, max_shard_size)
+            return
+        _save_gathered(data, dst, where, format, force, dtype, metadata, max_shard_size)
+
+
+def _save_gathered(
+    data: Any,
+    dst: int,
+    path: str,
+    fmt_name: str | None,
+    force: bool,
+    dtype: object,
+    metadata: Mapping[str, str] | None,
+    max_shard_size: int | str | None,
+) -> None:
+    """``save`` with ``shards="gather"``: every rank agrees, ``dst`` writes, the others answer its requests."""
+    import torch.distributed as dist
+
+    from ..distributed import Gathering
+
+    if type(dst) is not int:
+        raise UnsupportedError("saving", "dst", f"dst must be one rank (an int), not {dst!r}", "Pass dst=0")
+    problem = None
+    if dist.is_initialized() and dist.get_rank() == dst:
+        try:
+            _destination(path, fmt_name, force, max_shard_size)
+        except ConversionError as err:
+            problem = err
+    g = Gathering.start("saving", data, dst, problem)
+    if not g.receiving:
+        g.serve()
+        return
+    by_id = {id(t): path for path, t in g.found.items()}
+    with g.driving() as fetch:
+        _save(data, path, fmt_name, force, dtype, metadata, max_shard_size, lambda t: fetch(by_id[id(t)]))
+
+
+def _destination(path: str, fmt_name: str | None, force: bool, max_shard_size: int | str | None) -> Format:
+    """Check where ``save`` writes before any data is touched; the format to write."""
+    limit = None if max_shard_size is None else parse_size(max_shard_size)
+    if limit is not None and fmt_name is None and not is_set_path(path):
+        raise UnsupportedError(
+            "saving", shown(path), "max_shard_size writes a sharded set (a directory), and this names a file",
+            "Give a directory name without suffix, e.g. out/",
+        )  # fmt: skip
+    to_set = (is_set_path(path) if fmt_name is None else fmt_name.lower().lstrip(".") == SAFETENSORS_SET.name) or (
+        limit is not None and fmt_name is None
+    )
+    if limit is not None and not to_set:
+        raise UnsupportedError(
+            "saving", shown(path), f"max_shard_size writes a sharded set, and format= says {fmt_name}",
+            "Leave out format= (or pass format='safetensors-set')",
+        )  # fmt: skip
+    (check_set_destination if to_set else check_destination)(path, force=force)
+    return SafetensorsSetFormat(limit or DEFAULT_SHARD_SIZE) if to_set else format_for(path, fmt_name)
 
 
 def _save(
-    data: Any, path: str, fmt_name: str | None, force: bool, dtype: object, metadata: Mapping[str, str] | None
+    data: Any,
+    path: str,
+    fmt_name: str | None,
+    force: bool,
+    dtype: object,
+    metadata: Mapping[str, str] | None,
+    max_shard_size: int | str | None = None,
+    gathered: Callable[[Any], torch.Tensor] | None = None,
 ) -> None:
-    to_set = is_set_path(path) if fmt_name is None else fmt_name.lower().lstrip(".") == "safetensors-set"
-    (check_set_destination if to_set else check_destination)(path, force=force)
-    fmt = format_for(path, fmt_name)
+    fmt = _destination(path, fmt_name, force, max_shard_size)
     target = None if dtype is None else floating_target(dtype, path, "save")
     try:
         leaves, nesting = structure.flatten(data)
     except UnsupportedError as err:
         raise UnsupportedError("saving", shown(path), f"at {err.path}: {err.cause}", err.fix) from err
-    entries = [_leaf_entry(name, leaf, path) for name, leaf in leaves]
+    entries = [_leaf_entry(name, leaf, path, gathered) for name, leaf in leaves]
     if fmt.name == "npy" and nesting != {"t": structure.ROOT_NAME}:
         raise UnsupportedError(
             "saving",

@@ -1,0 +1,195 @@
+"""Gathering DTensors onto one rank, one leaf at a time, or onto every rank.
+
+The ranks first agree on what they hold (``agree.py``). Then, with ``dst`` a rank, that rank
+drives: for each DTensor it asks the rank that holds each block of it (one per distinct block,
+itself where it holds one) for its shard, by index, and receives it straight into the global
+tensor, so it holds at most the tensor being assembled beyond what it returns; every other
+rank only answers requests, sending its local shard as it is, until told it is done. Because
+the requests carry the leaf's index, ``dst`` may take the leaves in any order (a file writer's).
+Layouts whose shards are not blocks (``Partial``, ``_StridedShard``) are assembled by DTensor's
+own ``full_tensor()``, which every rank of the mesh calls when asked. If ``dst`` fails midway it
+tells the others, which raise instead of waiting. With ``dst=None`` every rank calls
+``full_tensor()`` on each DTensor, in the same (sorted) order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+from ..errors import ConversionError, DistributedError, StructureError
+from ..tree import format_path, iter_leaves, map_leaves
+from .agree import Held, agree
+from .comm import ABORT, DONE, rank_and_world, recv_into, recv_word, send_from, send_word, waiting
+from .placements import Layout, layout_of, region
+
+__all__ = ["Gathering", "gather_leaves", "held_of", "layout_words"]
+
+
+def held_of(data: Any) -> tuple[list[Held], dict[str, DTensor]]:
+    """Describe every leaf of ``data`` for :func:`~.agree.agree`; the DTensors by key path."""
+    held: list[Held] = []
+    found: dict[str, DTensor] = {}
+    for path, leaf in iter_leaves(data, lambda _: True):
+        name = format_path(path)
+        if isinstance(leaf, DTensor):
+            found[name] = leaf
+            held.append(Held(name, layout_of(leaf), tuple(leaf.to_local().shape)))
+        else:
+            held.append(Held(name))
+    return held, found
+
+
+@dataclass
+class Gathering:
+    """One agreed gathering: what ``dst`` fetches and what the other ranks answer.
+
+    Attributes:
+        what: the verb, for messages (``to_numpy``, ``saving``).
+        dst: the rank that receives, or None for every rank.
+        rank: this rank.
+        world: the number of ranks.
+        found: this rank's DTensors by key path.
+    """
+
+    what: str
+    dst: int | None
+    rank: int
+    world: int
+    found: dict[str, DTensor]
+
+    def __post_init__(self) -> None:
+        self.order = sorted(self.found)
+        self.index = {path: i for i, path in enumerate(self.order)}
+        self.layouts = {path: layout_of(t) for path, t in self.found.items()}
+
+    @classmethod
+    def start(cls, what: str, data: Any, dst: int | None, problem: ConversionError | None = None) -> Gathering:
+        """Agree with the other ranks on ``data`` (every rank calls this); raise on every rank alike."""
+        rank, world = rank_and_world(what, "data")
+        if dst is not None and not 0 <= dst < world:
+            raise StructureError(what, "dst", f"dst={dst} names no rank of this group of {world}", "Pass 0 or None")
+        held, found = held_of(data)
+        agree(what, held, problem)
+        out = cls(what, dst, rank, world, found)
+        for path, lay in out.layouts.items():
+            if dst is not None and not lay.boxes and dst not in lay.mesh_ranks:
+                raise StructureError(
+                    what,
+                    path,
+                    f"its placements are assembled by the ranks of its mesh {list(lay.mesh_ranks)}, and dst={dst} "
+                    "is not one of them",
+                    "Pass dst= a rank of that mesh, or redistribute the tensor to Shard/Replicate placements",
+                )
+        return out
+
+    @property
+    def receiving(self) -> bool:
+        """True on the rank(s) that get the full tensors."""
+        return self.dst is None or self.dst == self.rank
+
+    def fetch(self, path: str) -> torch.Tensor:
+        """The full tensor at ``path``, assembled on ``dst`` (on the host, or where ``full_tensor`` leaves it)."""
+        t, lay = self.found[path], self.layouts[path]
+        i = self.index[path]
+        with torch.no_grad(), waiting(self.what, path, f"gathering {path} from the other ranks"):
+            if not lay.boxes:
+                for r in lay.mesh_ranks:
+                    if r != self.rank:
+                        send_word(i, r)
+                return t.full_tensor()
+            out = torch.empty(lay.shape, dtype=t.dtype)
+            for owner, box in lay.owners(prefer=self.rank):
+                if owner == self.rank:
+                    region(out, box).copy_(t.to_local())
+                else:
+                    send_word(i, owner)
+                    recv_into(region(out, box), owner)
+            return out
+
+    def finish(self, ok: bool) -> None:
+        """Tell the other ranks that ``dst`` is done (or failed); they stop answering."""
+        for r in range(self.world):
+            if r != self.rank:
+                send_word(DONE if ok else ABORT, r)
+
+    def serve(self) -> None:
+        """Answer ``dst``'s requests until it is done (every rank but ``dst`` calls this)."""
+        assert self.dst is not None
+        while True:
+            with waiting(self.what, "data", f"waiting for rank {self.dst} to ask for the next shard"):
+                word = recv_word(self.dst)
+            if word == DONE:
+                return
+            if word == ABORT:
+                raise DistributedError(
+                    self.what,
+                    "data",
+                    f"rank {self.dst} stopped gathering before the end (its own error says why)",
+                    f"Fix what rank {self.dst} reports, then call again on every rank",
+                )
+            path = self.order[word]
+            t, lay = self.found[path], self.layouts[path]
+            with torch.no_grad(), waiting(self.what, path, f"sending {path} to rank {self.dst}"):
+                if lay.boxes:
+                    send_from(t.to_local(), self.dst)
+                else:
+                    t.full_tensor()  # a collective every rank of the mesh joins; dst keeps the result
+
+    def all_full(self) -> dict[str, torch.Tensor]:
+        """Every DTensor's ``full_tensor()``, taken in the same order on every rank (``dst=None``)."""
+        out: dict[str, torch.Tensor] = {}
+        for path in self.order:
+            with torch.no_grad(), waiting(self.what, path, f"gathering {path} on every rank"):
+                out[path] = self.found[path].full_tensor()
+        return out
+
+    @contextlib.contextmanager
+    def driving(self) -> Iterator[Callable[[str], torch.Tensor]]:
+        """On ``dst``: gives :meth:`fetch`, then tells the others whether the block went well."""
+        try:
+            yield self.fetch
+        except BaseException:
+            with contextlib.suppress(RuntimeError, ConnectionError):
+                self.finish(ok=False)  # the original error says more than a failed goodbye
+            raise
+        self.finish(ok=True)
+
+
+def gather_leaves(what: str, data: Any, dst: int | None) -> Any:
+    """``data`` with each DTensor replaced by its full tensor on ``dst`` (every rank if None), by None elsewhere.
+
+    Every rank must call it with the same structure. Other leaves are left as they are. Without a
+    process group nothing can be sharded, and ``data`` is returned as it is.
+    """
+    if not dist.is_initialized():
+        return data
+    g = Gathering.start(what, data, dst)
+    if not g.found:
+        return data
+    if g.dst is None:
+        full = g.all_full()
+        return map_leaves(lambda x, p: full[format_path(p)] if isinstance(x, DTensor) else x, data)
+    if not g.receiving:
+        g.serve()
+        return map_leaves(lambda x, p: None if isinstance(x, DTensor) else x, data)
+    with g.driving() as fetch:
+        return map_leaves(lambda x, p: fetch(format_path(p)) if isinstance(x, DTensor) else x, data)
+
+
+def layout_words(t: DTensor, rank: int) -> str:
+    """Where this rank's shard lies in the global tensor, in words (``shards='local'`` in plans)."""
+    lay: Layout = layout_of(t)
+    coord = lay.coordinate(rank)
+    if coord is None:
+        return f"this rank ({rank}) is not in the mesh of this DTensor ({lay.describe()})"
+    if not lay.boxes:
+        return f"rank {rank}'s local tensor at mesh coordinate {coord} ({lay.describe()}): not one block of it"
+    offsets, sizes = lay.box(coord)
+    return f"rank {rank}'s shard at mesh coordinate {coord}: offsets {offsets}, shape {sizes} of {lay.describe()}"

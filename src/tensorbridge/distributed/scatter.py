@@ -1,0 +1,284 @@
+"""NumPy arrays to DTensors: each rank allocates only its own shard.
+
+``src`` a rank: that rank holds the data. It tells the others the structure (containers, key
+paths, each leaf's shape and dtype, with the values left out) and each rank says whether it can
+take part; only then, leaf by leaf in that structure's order, ``src`` converts the leaf (the
+ordinary pipeline: checked casts, zero-copy where it can) and sends every other rank its block,
+which that rank receives into memory of exactly its shard's size. ``src=None``: every rank
+holds the same data (a memory map is fine) and slices its own block out of it, with no
+communication at all.
+
+The placements are checked before anything moves: one per mesh dimension, ``Shard(d)`` with
+``d`` a dimension the leaf has, or ``Replicate()``. ``Partial`` (a pending sum, not data) and
+placements of other kinds are refused with the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Replicate, Shard
+
+from ..dtypes import torch_dtype
+from ..errors import ConversionError, StructureError, UnsupportedError
+from ..options import ToTensorOptions
+from ..pipeline import convert
+from ..tree import format_path, iter_leaves, map_leaves
+from .agree import Problem, raise_any
+from .comm import rank_and_world, recv_into, send_from, waiting
+from .placements import Layout, contiguous_strides, placement_spec, region
+
+__all__ = ["Placements", "scatter_leaves"]
+
+#: ``placements=``: one placement per mesh dimension for every leaf, or a function of (key path, shape).
+Placements = Sequence[Any] | Callable[[str, tuple[int, ...]], Sequence[Any]]
+
+_WHAT = "to_tensor"
+
+
+class _Stand:
+    """A leaf's place in the structure ``src`` sends: its shape and dtype, without its values.
+
+    A plain class, not a dataclass: the walker takes dataclasses apart as containers.
+    """
+
+    __slots__ = ("dtype", "shape")
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        self.shape = shape
+        self.dtype = dtype
+
+    def __reduce__(self) -> tuple[type[_Stand], tuple[tuple[int, ...], torch.dtype]]:
+        return _Stand, (self.shape, self.dtype)
+
+
+def _is_data(x: object) -> bool:
+    return isinstance(x, (np.ndarray, np.generic, torch.Tensor)) and not isinstance(x, DTensor)
+
+
+def _fitted(placements: Placements | None, mesh: DeviceMesh, path: str, shape: tuple[int, ...]) -> tuple[Any, ...]:
+    """The leaf's placements, checked against the mesh and its shape, with negative dims resolved."""
+    if placements is None:
+        return tuple(Replicate() for _ in range(mesh.ndim))
+    chosen = placements(path, shape) if callable(placements) else placements
+    try:
+        chosen = tuple(chosen)
+    except TypeError:
+        raise UnsupportedError(
+            _WHAT, path, f"placements must be a sequence of placements, not {type(chosen).__name__}",
+            "Pass e.g. [Shard(0)] (one per mesh dimension)",
+        ) from None  # fmt: skip
+    if len(chosen) != mesh.ndim:
+        raise UnsupportedError(
+            _WHAT, path, f"{len(chosen)} placement(s) for a {mesh.ndim}-dimensional mesh",
+            f"Pass one placement per mesh dimension ({mesh.ndim})",
+        )  # fmt: skip
+    fitted: list[Any] = []
+    for p in chosen:
+        kind = placement_spec(p)
+        if kind[0] == "shard":
+            dim = p.dim + len(shape) if p.dim < 0 else p.dim
+            if not 0 <= dim < len(shape):
+                raise UnsupportedError(
+                    _WHAT, path, f"{p!r} names a dimension a shape-{shape} leaf does not have",
+                    "Pass placements as a function of (path, shape), e.g. "
+                    "lambda path, shape: [Shard(0)] if shape else [Replicate()]",
+                )  # fmt: skip
+            fitted.append(Shard(dim))
+        elif kind[0] == "replicate":
+            fitted.append(p)
+        else:
+            partial = type(p).__name__ == "Partial"
+            raise UnsupportedError(
+                _WHAT, path,
+                f"{p!r} " + ("describes a pending sum over ranks, not data" if partial else "cannot be scattered"),
+                "Pass Shard(d) or Replicate() for each mesh dimension (redistribute afterwards if you need more)",
+            )  # fmt: skip
+    return tuple(fitted)
+
+
+def _layout(mesh: DeviceMesh, placements: tuple[Any, ...], shape: tuple[int, ...], dtype: torch.dtype) -> Layout:
+    return Layout(
+        shape,
+        str(dtype).removeprefix("torch."),
+        tuple(mesh.mesh.shape),
+        tuple(int(r) for r in mesh.mesh.flatten().tolist()),
+        tuple(placement_spec(p) for p in placements),
+    )
+
+
+def _dtensor(
+    local: torch.Tensor, mesh: DeviceMesh, placements: tuple[Any, ...], shape: tuple[int, ...], grad: bool
+) -> DTensor:
+    out = DTensor.from_local(
+        local, mesh, placements, run_check=False, shape=torch.Size(shape), stride=contiguous_strides(shape)
+    )
+    return out.requires_grad_(True) if grad else out  # type: ignore[return-value]
+
+
+def _host(opts: ToTensorOptions) -> ToTensorOptions:
+    """The options for converting a whole leaf on the host: no grad (the DTensor is made a leaf that requires it)."""
+    return dataclasses.replace(opts, requires_grad=False, token=-1)
+
+
+def scatter_leaves(
+    data: Any, opts: ToTensorOptions, mesh: DeviceMesh, placements: Placements | None, src: int | None
+) -> Any:
+    """``data``'s arrays and tensors as DTensors on ``mesh`` (see the module docstring)."""
+    rank, world = rank_and_world(_WHAT, "data")
+    if not isinstance(mesh, DeviceMesh):
+        raise UnsupportedError(
+            _WHAT, "mesh", f"mesh must be a DeviceMesh, not {type(mesh).__name__}",
+            "Pass torch.distributed.device_mesh.init_device_mesh('cpu', (world_size,))",
+        )  # fmt: skip
+    if opts.copy is False:
+        raise UnsupportedError(
+            _WHAT, "copy", "with mesh= each rank's shard is memory of its own, so it is always a copy",
+            "Leave out copy=False",
+        )  # fmt: skip
+    if opts.device is not None or opts.pin_memory:
+        raise UnsupportedError(
+            _WHAT, "device", "with mesh= the shards live on the mesh's devices",
+            "Leave out device= and pin_memory= (init_device_mesh('cuda', ...) puts the shards on GPUs)",
+        )  # fmt: skip
+    if mesh.get_coordinate() is None:
+        raise StructureError(_WHAT, "mesh", f"rank {rank} is not in the mesh", "Call to_tensor(mesh=...) on its ranks")
+    device = torch.device(mesh.device_type, torch.cuda.current_device()) if mesh.device_type == "cuda" else None
+    host = _host(opts)
+    if src is None:
+        return _slice_own(data, host, opts.requires_grad, mesh, placements, device)
+    if not 0 <= src < world:
+        raise StructureError(_WHAT, "src", f"src={src} names no rank of this group of {world}", "Pass 0 or None")
+    return _from_src(data, host, opts.requires_grad, mesh, placements, src, rank, device)
+
+
+def _slice_own(
+    data: Any,
+    host: ToTensorOptions,
+    grad: bool,
+    mesh: DeviceMesh,
+    placements: Placements | None,
+    device: torch.device | None,
+) -> Any:
+    coord = tuple(mesh.get_coordinate() or ())
+    owned = dataclasses.replace(host, copy=True)
+
+    def one(x: Any, p: Any) -> Any:
+        if not _is_data(x):
+            return x
+        path = format_path(p)
+        shape = tuple(x.shape)
+        fitted = _fitted(placements, mesh, path, shape)
+        piece = region(x, _layout(mesh, fitted, shape, torch.float32).box(coord))  # a view: only its pages are read
+        local = _convert(piece, owned, path)  # copy=True: a shard owns its memory
+        if device is not None:
+            local = local.to(device)
+        return _dtensor(local, mesh, fitted, shape, grad)
+
+    return map_leaves(one, data)
+
+
+def _convert(x: Any, opts: ToTensorOptions, path: str) -> torch.Tensor:
+    """One leaf through the ordinary pipeline; its errors name the leaf's path."""
+    try:
+        out: torch.Tensor = convert(x, opts)
+    except ConversionError as err:
+        raise type(err)(err.what, path, err.cause, err.fix) from err
+    return out
+
+
+def _from_src(
+    data: Any,
+    host: ToTensorOptions,
+    grad: bool,
+    mesh: DeviceMesh,
+    placements: Placements | None,
+    src: int,
+    rank: int,
+    device: torch.device | None,
+) -> Any:
+    problem: ConversionError | None = None
+    skeleton: Any = None
+    if rank == src:
+        try:
+            skeleton = map_leaves(lambda x, p: _Stand(tuple(x.shape), _dtype_of(x, host)) if _is_data(x) else x, data)
+        except ConversionError as err:
+            problem = err
+    box: list[Any] = [skeleton if problem is None else Problem.of(problem)]
+    with waiting(_WHAT, "data", f"waiting for rank {src} to describe the data it scatters"):
+        dist.broadcast_object_list(box, src)
+    if isinstance(box[0], Problem):
+        raise_any([box[0] if r == src else None for r in range(src + 1)], problem)
+    skeleton = box[0]
+    stands = [(format_path(p), s) for p, s in iter_leaves(skeleton, lambda v: isinstance(v, _Stand))]
+    try:
+        fitted = [_fitted(placements, mesh, path, s.shape) for path, s in stands]
+        if rank != src and data is not None:
+            _same_paths(data, skeleton)
+    except ConversionError as err:
+        problem = err
+    mine = None if problem is None else Problem.of(problem)
+    every: list[Problem | None] = [None] * dist.get_world_size()
+    with waiting(_WHAT, "data", "waiting for every rank to check the structure"):
+        dist.all_gather_object(every, mine)
+    raise_any(every, problem)
+    leaves = iter(x for _, x in iter_leaves(data, _is_data)) if rank == src else None
+    made: dict[str, DTensor] = {}
+    coord = tuple(mesh.get_coordinate() or ())
+    for (path, stand), place in zip(stands, fitted, strict=True):
+        lay = _layout(mesh, place, stand.shape, stand.dtype)
+        with torch.no_grad(), waiting(_WHAT, path, f"scattering {path} from rank {src}"):
+            if leaves is not None:
+                full = _convert(next(leaves), host, path)
+                local = None
+                for flat, r in enumerate(lay.mesh_ranks):
+                    piece = region(full, lay.box(_coord(lay, flat)))
+                    if r == rank:
+                        local = piece.clone(memory_format=torch.contiguous_format)
+                    elif piece.numel():
+                        send_from(piece, r)
+                assert local is not None
+                del full
+            else:
+                local = torch.empty(lay.box(coord)[1], dtype=stand.dtype, device=device)
+                if local.numel():
+                    recv_into(local, src)
+        if device is not None:
+            local = local.to(device)
+        made[path] = _dtensor(local, mesh, place, stand.shape, grad)
+    return map_leaves(lambda x, p: made[format_path(p)] if isinstance(x, _Stand) else x, skeleton)
+
+
+def _coord(lay: Layout, flat: int) -> tuple[int, ...]:
+    coord = lay.coordinate(lay.mesh_ranks[flat])
+    assert coord is not None
+    return coord
+
+
+def _dtype_of(x: Any, host: ToTensorOptions) -> torch.dtype:
+    """The dtype the leaf converts to, from metadata (the conversion itself checks the values)."""
+    dt = x.dtype if isinstance(x, torch.Tensor) else torch_dtype(x.dtype)
+    if host.dtype_map is not None:
+        return host.dtype_map.target(dt) or dt
+    return host.dtype or dt
+
+
+def _same_paths(data: Any, skeleton: Any) -> None:
+    """Raise unless ``data`` (on a rank that does not scatter) has the key paths of ``src``'s structure."""
+    theirs = [format_path(p) for p, _ in iter_leaves(skeleton, lambda v: True)]
+    mine = [format_path(p) for p, _ in iter_leaves(data, lambda v: True)]
+    if mine != theirs:
+        extra = sorted(set(mine) - set(theirs))[:3]
+        missing = sorted(set(theirs) - set(mine))[:3]
+        raise StructureError(
+            _WHAT,
+            "data",
+            f"this rank's structure differs from the one src scatters (missing {missing}, extra {extra})",
+            "Pass None on the ranks that do not scatter, or the same structure",
+        )
