@@ -448,7 +448,8 @@ def test_fake_tensors_are_refused_both_ways() -> None:
         ADAPTER.to_tensor(fake, ToTensorOptions(), "x")
 
 
-def test_dtensors_are_refused_both_ways() -> None:
+def test_dtensors_need_a_choice_and_to_tensor_refuses_them() -> None:
+    """The default refuses and names the choices; on a one-rank group, 'local' and 'gather' work in-process."""
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
@@ -466,7 +467,19 @@ def test_dtensors_are_refused_both_ways() -> None:
                     convert({"d": d})
                 msg = str(info.value)
                 assert msg.startswith(f"{what} at data['d']: DTensor (global shape (4,), placements [{placement!r}])")
-                assert "t.full_tensor()" in msg and "t.to_local()" in msg
+                if what == "to_numpy":
+                    assert "shards='gather'" in msg and "shards='local'" in msg and "dst=None" in msg
+                else:
+                    assert "t.full_tensor()" in msg and "t.to_local()" in msg and "mesh=" in msg
+            local = tb.to_numpy({"d": d}, shards="local")["d"]
+            assert np.shares_memory(local, d.to_local().numpy()) and local.tolist() == [0.0, 1.0, 2.0, 3.0]
+            plan = str(tb.explain({"d": d}, to="numpy", shards="local"))
+            assert "rank 0's shard at mesh coordinate (0,): offsets (0,), shape (4,)" in plan, plan
+            gathered = tb.to_numpy({"d": d, "n": 1}, shards="gather")
+            assert gathered["d"].tolist() == [0.0, 1.0, 2.0, 3.0] and gathered["n"] == 1
+            assert "gathered onto rank 0" in str(tb.explain(d, to="numpy", shards="gather"))
+            made = tb.to_tensor(np.arange(3.0), mesh=mesh, placements=[placement])
+            assert made.placements == (placement,) and made.full_tensor().tolist() == [0.0, 1.0, 2.0]
     finally:
         dist.destroy_process_group()
 

@@ -14,6 +14,8 @@ Exit statuses:
 Sharded Hugging Face sets (a directory holding ``model.safetensors.index.json`` and its shards)
 are read wherever a file is, by the directory or the index's path; ``convert`` writes one when
 DST is a directory name (no suffix, or a trailing ``/``) or ``--max-shard-size`` is given.
+torch.distributed.checkpoint (DCP) directories (holding ``.metadata``) are read likewise, and
+``convert SRC DST --to dcp`` writes one (torch's own ``dcp.save``, one data file per tensor).
 
 Errors print one line on stderr, never a traceback; paths are printed with undecodable bytes as
 ``\xff`` escapes. ``--quiet`` prints nothing but errors; otherwise warnings (from NumPy, say) are
@@ -129,8 +131,9 @@ def _warnings_shown(err: TextIO, quiet: bool) -> Iterator[None]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tensorbridge",
-        description="Convert, inspect and compare tensor files (.npy, .npz, .pt/.pth/.bin, .safetensors, and "
-        "Hugging Face sharded safetensors sets: a directory holding model.safetensors.index.json).",
+        description="Convert, inspect and compare tensor files (.npy, .npz, .pt/.pth/.bin, .safetensors, "
+        "Hugging Face sharded safetensors sets: a directory holding model.safetensors.index.json, and "
+        "torch.distributed.checkpoint directories: read, and written with --to dcp).",
         epilog=_EPILOG,
     )
     sub = p.add_subparsers(dest="command", required=True)
@@ -146,7 +149,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--verify", action="store_true", help="read DST back and compare it bit for bit")
     c.add_argument("--force", action="store_true", help="replace DST if it exists")
     c.add_argument("--from", dest="src_format", metavar="FORMAT", help="the source format, if its suffix does not say")
-    c.add_argument("--to", dest="dst_format", metavar="FORMAT", help="the destination format, likewise")
+    c.add_argument(
+        "--to",
+        dest="dst_format",
+        metavar="FORMAT",
+        help="the destination format, likewise (npy, npz, pt, safetensors, safetensors-set, or dcp: DST becomes "
+        "a torch.distributed.checkpoint directory)",
+    )
     c.add_argument(
         "--max-shard-size",
         metavar="SIZE",

@@ -121,7 +121,7 @@ class Layout:
         Example:
             >>> lay = Layout((4,), "int64", (2, 2), (0, 1, 2, 3), (("replicate",), ("shard", 0)))
             >>> lay.owners(prefer=3)
-            [(2, ((0,), (2,))), (3, ((2,), (2,)))]
+            [(0, ((0,), (2,))), (3, ((2,), (2,)))]
         """
         holders: dict[Box, list[int]] = {}
         for flat, coord in enumerate(itertools.product(*map(range, self.mesh_shape))):

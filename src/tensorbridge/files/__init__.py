@@ -7,13 +7,16 @@
 | torch.save | ``.pt``, ``.pth``, ``.bin`` | ``torch_files.py``; reading ``pickle_*.py``, writing ``pt_*.py`` |
 | safetensors | ``.safetensors`` | ``safetensors_files.py`` |
 | Hugging Face sharded safetensors set | a directory, ``.index.json`` | ``hf_sets.py``, ``set_output.py`` |
-| torch.distributed.checkpoint (read-only) | a directory holding ``.metadata`` | ``dcp_files.py``, ``dcp_metadata.py`` |
+| torch.distributed.checkpoint (DCP) | a directory with ``.metadata`` | ``dcp_files.py``, ``dcp_metadata.py`` |
 
 A path names a sharded set (format ``safetensors-set``) when it ends with ``.index.json`` or
 with ``/``, is an existing directory (one named like a file, ``out.npz``, only if it holds an
 index), or does not exist yet and has no suffix at all: ``tensorbridge convert model.pt out``
 writes the directory ``out``. An existing directory holding ``.metadata`` and no index is a DCP
-checkpoint (format ``dcp``), not a set.
+checkpoint (format ``dcp``), not a set. A new DCP checkpoint is written when the format is named
+(``--to dcp``, ``tb.save(..., format="dcp")``), or by ``convert --force`` over an existing one: one
+``__0_<K>.distcp`` data file per tensor and ``.metadata``, by torch's own ``dcp.save``, keyed by
+the entries' dotted names (the nesting record and string metadata are not kept).
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def format_for(path: str, override: str | None = None) -> Format:
         os.fspath(path),
         f"the suffix {suffix or '(none)'!r} names no format tensorbridge knows",
         "Use .npy, .npz, .pt/.pth/.bin or .safetensors, a directory for a sharded set, or name the format "
-        "with --from/--to",
+        "with --from/--to (dcp: a torch.distributed.checkpoint directory)",
     )
 
 

@@ -30,6 +30,7 @@ from . import format_for, is_set_path
 from .base import Entry
 from .compare import CHUNK as CHUNK
 from .compare import Progress, VerifyError, _compare_values, _numeric, _verify
+from .dcp_files import DCP, is_dcp_dir
 from .hf_sets import DEFAULT_SHARD_SIZE, SAFETENSORS_SET, SafetensorsSetFormat, parse_size
 from .output import check_destination
 from .set_output import check_set_destination
@@ -106,7 +107,9 @@ def convert(
 
     Args:
         src: the file to read.
-        dst: the file to write; its format comes from its suffix unless ``dst_format`` says.
+        dst: the file to write; its format comes from its suffix unless ``dst_format`` says
+            (``"dcp"``: a torch.distributed.checkpoint directory, ``dcp_files.py``; an existing DCP
+            directory is one without it).
         src_format: the source format name, if its suffix does not say it.
         dst_format: the destination format name, likewise.
         dtype: cast every floating-point array to this floating-point dtype (checked: values that
@@ -115,13 +118,15 @@ def convert(
             floating point raises.
         only: keep only arrays whose dotted names match one of these shell patterns.
         verify: read the written file back and compare it bit for bit before renaming it.
-        force: replace an existing ``dst`` (a file or a symbolic link; never a directory).
+        force: replace an existing ``dst`` (a file or a symbolic link; a directory only when it
+            holds nothing but a sharded set's or a DCP checkpoint's files).
         progress: called with ``("convert", bytes done, bytes total)`` as each array is loaded
             and once at the end, then with ``("verify", ...)`` as the written file is compared.
         max_shard_size: write ``dst`` as a Hugging Face sharded set (a directory of shards and
             ``model.safetensors.index.json``) with at most this many bytes per shard: bytes, or
             ``"5GB"``, ``"500MB"``, ``"2GiB"``. A destination that names a set (a directory, no
             suffix) gets 5GB shards without it.
+            A DCP destination refuses it (one data file per tensor).
         strip_prefix: remove this prefix from the names that start with it (``"model."``).
 
     Raises:
@@ -140,6 +145,12 @@ def convert(
     """
     check_source(src, "convert")
     limit = None if max_shard_size is None else parse_size(max_shard_size)
+    to_dcp = is_dcp_dir(dst) if dst_format is None else dst_format.lower().lstrip(".") == DCP.name
+    if limit is not None and to_dcp:
+        raise UnsupportedError(
+            "convert", dst, "--max-shard-size splits a sharded safetensors set, and a DCP checkpoint is written "
+            "as one data file per tensor", "Leave out --max-shard-size, or write a set (--to safetensors-set)",
+        )  # fmt: skip
     if limit is not None and dst_format is None:
         if not is_set_path(dst):
             raise UnsupportedError(
@@ -153,7 +164,7 @@ def convert(
             "convert", dst, f"--max-shard-size writes a sharded set, and --to says {dst_format}",
             "Leave out --to (or pass --to safetensors-set), and give a directory name",
         )  # fmt: skip
-    (check_set_destination if to_set else check_destination)(dst, force=force)
+    (check_set_destination if to_set or to_dcp else check_destination)(dst, force=force)
     src_fmt, dst_fmt = format_for(src, src_format), format_for(dst, dst_format)
     if to_set:
         dst_fmt = SafetensorsSetFormat(limit or DEFAULT_SHARD_SIZE)

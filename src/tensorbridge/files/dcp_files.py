@@ -1,4 +1,4 @@
-"""torch.distributed.checkpoint (DCP) directories: read-only, one lazily loaded entry per tensor.
+"""torch.distributed.checkpoint (DCP) directories: read (one lazily loaded entry per tensor) and written.
 
 A DCP directory holds ``.metadata`` (a pickle of DCP's ``Metadata``, read without running code
 by ``dcp_metadata.py``) and ``__<rank>_<n>.distcp`` data files. Each tensor is stored as one or
@@ -17,21 +17,40 @@ together. Entry names are the flattened names DCP keeps (``model.layer.weight``)
 ``BytesStorageMetadata``) are skipped: only tensors are entries, and ``tensorbridge inspect``
 does not list the others. Chunks stored through storage extensions (compression) are refused.
 
-**Writing** is refused (:class:`UnsupportedError`): convert the directory to ``.safetensors`` or a set.
+**Writing** (:meth:`DcpFormat.write`, ``tensorbridge convert model.safetensors ckpt --to dcp``,
+``tb.save(data, "ckpt", format="dcp")``) goes through torch's own writer: ``dcp.save(...,
+storage_writer=FileSystemWriter(dir, single_file_per_rank=False), no_dist=True)`` in this one
+process, no process group. It is planned from ``meta`` tensors (shape and dtype only), and a
+planner loads each entry only when torch asks for its data, as a tensor sharing the entry's
+memory (a memory map of the source where it has one: no copy). torch keeps every tensor of a data
+file alive until that file is complete, so each tensor gets a data file of its own
+(``__0_<K>.distcp``): peak memory is one tensor, not the model. ``set_output.py`` writes the
+directory privately and renames it into place, as for a sharded set.
+
+What a written checkpoint holds: one tensor per entry, keyed by the entry's name (the dotted
+name, ``model.layer.weight``: what DCP itself makes of a nested state dict, so
+``dcp.load(model.state_dict(), ...)`` finds them); ``dcp_to_torch_save`` gives back a flat dict
+of those names. Not kept: tensorbridge's nesting record (``structure.py``: lists, tuples,
+non-tensor leaves such as a step counter) and string metadata (``__metadata__``): DCP has no
+place for either. Every dtype torch has is kept (bfloat16, the float8 kinds, bool, complex,
+unsigned); NumPy dtypes without a torch counterpart (strings, structured) are refused, naming
+the array. ``--max-shard-size`` does not apply (it splits a sharded safetensors set) and is refused.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import numpy as np
+import torch
 
-from ..dtypes import row_for_torch
+from ..dtypes import row_for_numpy, row_for_torch
 from ..errors import ConversionError, UnsupportedError
-from .base import Archive, Entry, bad_file
+from .base import Archive, Entry, bad_file, load_for_writing
 from .dcp_metadata import METADATA_NAME, DcpChunk, DcpTensor, read_metadata
 from .pickle_standins import MAX_REPEAT, REPEAT_SLACK
 
@@ -141,7 +160,7 @@ def _loader(directory: str, t: DcpTensor, dtype: np.dtype[Any]) -> Callable[[], 
 
 
 class DcpFormat:
-    """DCP checkpoint directories (see the module docstring): read-only."""
+    """DCP checkpoint directories (see the module docstring): read and written."""
 
     name: str = "dcp"
     suffixes: tuple[str, ...] = ()
@@ -202,20 +221,79 @@ class DcpFormat:
         return Archive(entries, None, {})
 
     def write(self, path: str, entries: Sequence[Entry], structure: Any, extra: dict[str, str]) -> None:
-        """Refuse: DCP directories are read-only here.
+        """Write ``entries`` as a DCP checkpoint into the empty directory ``path``, through torch's writer.
+
+        One data file per tensor, each entry loaded only when torch writes it (see the module
+        docstring). ``structure`` and ``extra`` are not kept: DCP has no place for them.
 
         Raises:
-            UnsupportedError: (TypeError) always.
+            UnsupportedError: (TypeError) an entry's dtype has no torch counterpart, or this torch
+                has no ``torch.distributed``.
 
         Example:
-            >>> DCP.write("ckpt", [], None, {})
-            Traceback (most recent call last):
-            ...
-            tensorbridge.errors.UnsupportedError: writing at ckpt: DCP directories are read-only here...
+            >>> import tempfile, warnings
+            >>> import torch.distributed.checkpoint as dcp
+            >>> folder = tempfile.mkdtemp()
+            >>> w = np.arange(6, dtype=np.float32).reshape(2, 3)
+            >>> DCP.write(folder, [Entry("model.w", w.dtype, w.shape, lambda: w)], None, {})
+            >>> got = {"model": {"w": torch.zeros(2, 3)}}
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")
+            ...     dcp.load(got, checkpoint_id=folder, no_dist=True)
+            >>> got["model"]["w"].tolist()
+            [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
         """
-        raise UnsupportedError(
-            "writing", os.fspath(path), "DCP directories are read-only here", "Convert to .safetensors or a set"
-        )
+        path = os.fspath(path)
+        try:
+            from torch.distributed.checkpoint.api import CheckpointException
+            from torch.distributed.checkpoint.filesystem import FileSystemWriter
+            from torch.distributed.checkpoint.state_dict_saver import save
+        except ImportError as err:
+            raise UnsupportedError(
+                "writing", path, f"this torch has no torch.distributed.checkpoint ({err})",
+                "Use a torch build with torch.distributed, or write .safetensors or a set",
+            ) from err  # fmt: skip
+        shapes: dict[str, torch.Tensor] = {}
+        for e in entries:
+            row = row_for_numpy(e.dtype)
+            if row is None:
+                raise UnsupportedError(
+                    "writing", path, f"array {e.name!r} has dtype {e.dtype}, which torch (and so DCP) cannot hold",
+                    "Leave it out with --only, or write .npz",
+                )  # fmt: skip
+            shapes[e.name] = torch.empty(e.shape, dtype=row.torch, device="meta")
+        planner = _loading_planner(path, {e.name: e for e in entries})
+        writer = FileSystemWriter(path, single_file_per_rank=False, sync_files=False)  # set_output syncs
+        try:
+            with warnings.catch_warnings():
+                # "torch.distributed is disabled, unavailable or uninitialized, assuming ... single process"
+                warnings.filterwarnings("ignore", module=r"torch\.distributed")
+                save(shapes, storage_writer=writer, planner=planner, no_dist=True)
+        except CheckpointException as err:  # torch wraps what failed in it (a BaseException): raise that itself
+            failures = [exc for exc, _trace in err.failures.values()]
+            if failures:
+                raise failures[0] from None
+            raise
+
+
+def _loading_planner(path: str, entries: dict[str, Entry]) -> Any:
+    """The default save planner of torch, planned from meta tensors; each entry is loaded when torch asks for it.
+
+    Made here, not at import, so that reading a checkpoint never imports ``torch.distributed``.
+    """
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+    from torch.distributed.checkpoint.planner import WriteItem
+
+    from ..api import to_tensor
+
+    class LoadingPlanner(DefaultSavePlanner):
+        def resolve_data(self, write_item: WriteItem) -> torch.Tensor:
+            data = load_for_writing(path, entries[write_item.index.fqn])
+            # Shared, not copied: torch.save only reads it (a read-only memory map stays one).
+            tensor: torch.Tensor = to_tensor(data, copy=False)
+            return tensor
+
+    return LoadingPlanner()
 
 
 DCP: Final = DcpFormat()

@@ -48,6 +48,7 @@ from ..dtypes import row_for_torch
 from ..errors import ConversionError, FileFormatError, UnsupportedError
 from . import format_for, is_set_path, structure
 from .base import Archive, Entry, Format, bad_file
+from .dcp_files import DCP, is_dcp_dir
 from .hf_sets import DEFAULT_SHARD_SIZE, SAFETENSORS_SET, SafetensorsSetFormat, parse_size
 from .output import check_destination, shown
 from .set_output import check_set_destination
@@ -420,6 +421,12 @@ def _save_gathered(
 def _destination(path: str, fmt_name: str | None, force: bool, max_shard_size: int | str | None) -> Format:
     """Check where ``save`` writes before any data is touched; the format to write."""
     limit = None if max_shard_size is None else parse_size(max_shard_size)
+    to_dcp = is_dcp_dir(path) if fmt_name is None else fmt_name.lower().lstrip(".") == DCP.name
+    if limit is not None and to_dcp:
+        raise UnsupportedError(
+            "saving", shown(path), "max_shard_size splits a sharded safetensors set, and a DCP checkpoint is "
+            "written as one data file per tensor", "Leave out max_shard_size, or write a set",
+        )  # fmt: skip
     if limit is not None and fmt_name is None and not is_set_path(path):
         raise UnsupportedError(
             "saving", shown(path), "max_shard_size writes a sharded set (a directory), and this names a file",
@@ -433,7 +440,7 @@ def _destination(path: str, fmt_name: str | None, force: bool, max_shard_size: i
             "saving", shown(path), f"max_shard_size writes a sharded set, and format= says {fmt_name}",
             "Leave out format= (or pass format='safetensors-set')",
         )  # fmt: skip
-    (check_set_destination if to_set else check_destination)(path, force=force)
+    (check_set_destination if to_set or to_dcp else check_destination)(path, force=force)
     return SafetensorsSetFormat(limit or DEFAULT_SHARD_SIZE) if to_set else format_for(path, fmt_name)
 
 

@@ -1,11 +1,12 @@
-"""Writing a destination directory (a sharded set) safely: checked first, written privately, renamed into place.
+"""Writing a destination directory (a sharded set, a DCP checkpoint) safely: checked, written privately, renamed.
 
 The rules are ``output.py``'s, for a directory:
 
 1. :func:`check_set_destination` refuses, before any data is read, a destination whose parent is
    missing, not a directory or not writable, or whose name cannot be encoded (``output.py``'s
    checks); one that exists without ``force``; and, even with ``force``, one that is not a
-   directory or holds anything but a set's files (``*.safetensors`` and ``*.index.json``), so
+   directory or holds anything but a set's files (``*.safetensors`` and ``*.index.json``) or a
+   DCP checkpoint's (``.metadata`` and ``*.distcp``, ``dcp_files.py``, written the same way), so
    ``--force`` never deletes a ``config.json`` or a tokenizer.
 2. :class:`SetOutput` makes a fresh private directory beside the destination
    (``tempfile.mkdtemp``: exclusive, mode 0700, a hidden random name); the writer fills it; an
@@ -38,9 +39,9 @@ def _refuse(dst: str, why: str, fix: str) -> StructureError:
 
 
 def _set_files_only(dst: str) -> str | None:
-    """The first entry of directory ``dst`` that is not a set's file (None: all are)."""
+    """The first entry of directory ``dst`` that is not a set's or a DCP checkpoint's file (None: all are)."""
     for entry in sorted(os.scandir(dst), key=lambda e: e.name):
-        is_set_file = entry.name.endswith((".safetensors", ".index.json"))
+        is_set_file = entry.name.endswith((".safetensors", ".index.json", ".distcp")) or entry.name == ".metadata"
         if not is_set_file or not entry.is_file(follow_symlinks=False):
             return entry.name
     return None
@@ -52,7 +53,7 @@ def check_set_destination(dst: str, *, force: bool) -> str:
     Raises:
         StructureError: (ValueError) as :func:`output.check_destination` for the parent; ``dst``
             exists without ``force``; with ``force``, ``dst`` is not a directory or holds other
-            files than a set's.
+            files than a set's or a DCP checkpoint's.
 
     Example:
         >>> d = tempfile.mkdtemp()
@@ -78,7 +79,8 @@ def check_set_destination(dst: str, *, force: bool) -> str:
     if other is not None:
         raise _refuse(
             dst,
-            f"it holds {shown(other)!r}, which is not part of a sharded set, so --force does not replace it",
+            f"it holds {shown(other)!r}, which is not part of a sharded set or a DCP checkpoint, so --force does not "
+            "replace it",
             "Pick another name, or remove the directory yourself",
         )
     folder = os.path.dirname(os.path.abspath(dst))

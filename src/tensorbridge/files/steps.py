@@ -259,8 +259,9 @@ def write_archive(
 ) -> None:
     """Write the entries into a new file put at ``dst`` only when complete (``output.py``).
 
-    A format that writes a directory (a sharded set, ``hf_sets.py``) is written into a new
-    directory beside ``dst``, renamed into place when complete (``set_output.py``).
+    A format that writes a directory (a sharded set, ``hf_sets.py``; a DCP checkpoint,
+    ``dcp_files.py``) is written into a new directory beside ``dst``, renamed into place when
+    complete (``set_output.py``).
 
     ``check(path)`` runs on the written file before it is put in place (``convert --verify``).
     ``written(nbytes)`` is called from a helper thread every :data:`POLL_SECONDS` while the
@@ -280,7 +281,7 @@ def write_archive(
         >>> np.load(dst).tolist()
         [0, 0]
     """
-    # A sharded set is a directory, put in place as a whole; every other format one file.
+    # A sharded set or a DCP checkpoint is a directory, put in place as a whole; every other format one file.
     opened = SetOutput if getattr(fmt, "directory", False) else Output
     with opened(dst, force=force) as out:
         try:
