@@ -119,6 +119,12 @@ def matrix(rank: int, world: int, outdir: str) -> list[str]:
     every = tb.to_numpy(cases, shards="gather", dst=None)
     for k, v in every.items():
         assert np.array_equal(_bytes(v), _bytes(want[k])), k
+    cast = tb.to_numpy(cases, shards="gather", dst=None, dtype={torch.bfloat16: np.float32})
+    assert cast["bf16"].dtype == np.float32 and cast["shard0"].dtype == np.float32
+    assert np.array_equal(cast["bf16"], want["bf16"].float().numpy())
+    kind, msg = _catch(lambda: tb.to_numpy(cases, shards="gather", dtype={torch.int64: np.uint8}, dst=0))
+    if rank == 0:  # the cast runs where the array arrives, and names the leaf
+        assert kind == "" or (kind == "ValueRangeError" and "['uneven']" in msg), (kind, msg)
     checks.append("gather dst=last, dst=None")
 
     # local: the shard itself, zero-copy; explain says where it lies
@@ -193,6 +199,22 @@ def matrix(rank: int, world: int, outdir: str) -> list[str]:
         assert rise < 1.5 * shard, (rise, shard)
     checks.append(f"scatter memory rise {rise / 2**20:.1f} MiB for a {shard / 2**20:.1f} MiB shard")
     del held, big
+    # src=None from a memory map: each rank's anonymous memory grows by its shard, not the file
+    mapped = os.path.join(outdir, "mapped.npy")
+    if rank == 0:
+        np.save(mapped, np.arange(8 * 1024 * 1024, dtype=np.float32))
+    dist.barrier()
+    arr = np.load(mapped, mmap_mode="r")
+    before = _status("RssAnon")
+    held = tb.to_tensor({"a": arr}, mesh=mesh, placements=[Shard(0)], src=None)
+    grown = _status("RssAnon") - before
+    shard = held["a"].to_local().nbytes
+    assert grown < shard + 4 * 2**20, (grown, shard)
+    assert np.array_equal(held["a"].to_local().numpy(), arr[rank * arr.size // world : (rank + 1) * arr.size // world])
+    checks.append(
+        f"src=None from a memory map: anonymous memory +{grown / 2**20:.1f} MiB for a {shard / 2**20:.1f} MiB shard"
+    )
+    del held, arr
 
     # save: one file, and a sharded set, written by rank 0 from every rank's shards
     path = os.path.join(outdir, "gathered.safetensors")
@@ -237,6 +259,9 @@ def fsdp(rank: int, world: int, outdir: str) -> list[str]:
     sd = model.state_dict()
     tb.save(sd, os.path.join(outdir, "tb.safetensors"), shards="gather", dst=0)
     tb.save(sd, os.path.join(outdir, "tb_set"), shards="gather", dst=0, max_shard_size="100B")
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(sd, checkpoint_id=os.path.join(outdir, "dcp"))  # for the command to convert
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         safetensors.torch.save_file(

@@ -13,7 +13,7 @@ from typing import Any, Final, Literal, TypeVar, overload
 import numpy as np
 import torch
 
-from .errors import UnsupportedError
+from .errors import ConversionError, UnsupportedError
 from .options import NO_VALUE, numpy_options, tensor_options
 from .pipeline import convert, explain_plans
 from .plan import Plan
@@ -309,9 +309,15 @@ def to_numpy(
     """
     opts = numpy_options(dtype, copy, non_blocking, dense, quantized, na_value, datetime_unit, shards, dst)
     if opts.interop.shards == "gather":
-        from .distributed import gather_leaves  # imports torch.distributed only when asked
+        from .distributed import gather_leaves, unwrap  # imports torch.distributed only when asked
 
-        data = gather_leaves("to_numpy", data, opts.interop.dst)
+        def finish(full: torch.Tensor, path: str) -> Any:
+            try:
+                return convert(full, opts)
+            except ConversionError as err:
+                raise type(err)(err.what, path, err.cause, err.fix) from err
+
+        return unwrap(convert(gather_leaves("to_numpy", data, opts.interop.dst, finish), opts))
     return convert(data, opts)
 
 

@@ -16,7 +16,7 @@ process group; nothing here opens a connection of its own.
 
 from __future__ import annotations
 
-from .gather import Gathering, gather_leaves, layout_words
+from .gather import Gathering, gather_leaves, layout_words, unwrap
 from .scatter import scatter_leaves
 
-__all__ = ["Gathering", "gather_leaves", "layout_words", "scatter_leaves"]
+__all__ = ["Gathering", "gather_leaves", "layout_words", "scatter_leaves", "unwrap"]

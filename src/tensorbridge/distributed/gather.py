@@ -29,7 +29,7 @@ from .agree import Held, agree
 from .comm import ABORT, DONE, rank_and_world, recv_into, recv_word, send_from, send_word, waiting
 from .placements import Layout, layout_of, region
 
-__all__ = ["Gathering", "gather_leaves", "held_of", "layout_words"]
+__all__ = ["Finished", "Gathering", "gather_leaves", "held_of", "layout_words", "unwrap"]
 
 
 def held_of(data: Any) -> tuple[list[Held], dict[str, DTensor]]:
@@ -142,12 +142,18 @@ class Gathering:
                 else:
                     t.full_tensor()  # a collective every rank of the mesh joins; dst keeps the result
 
-    def all_full(self) -> dict[str, torch.Tensor]:
-        """Every DTensor's ``full_tensor()``, taken in the same order on every rank (``dst=None``)."""
-        out: dict[str, torch.Tensor] = {}
+    def all_full(self, finish: Callable[[torch.Tensor, str], Any]) -> dict[str, Any]:
+        """``finish`` of every DTensor's ``full_tensor()``, taken in the same order on every rank (``dst=None``).
+
+        Each full tensor is finished (converted) before the next is gathered, so no rank holds
+        more than one beyond the results.
+        """
+        out: dict[str, Any] = {}
         for path in self.order:
             with torch.no_grad(), waiting(self.what, path, f"gathering {path} on every rank"):
-                out[path] = self.found[path].full_tensor()
+                full = self.found[path].full_tensor()
+            out[path] = finish(full, path)
+            del full
         return out
 
     @contextlib.contextmanager
@@ -162,11 +168,22 @@ class Gathering:
         self.finish(ok=True)
 
 
-def gather_leaves(what: str, data: Any, dst: int | None) -> Any:
-    """``data`` with each DTensor replaced by its full tensor on ``dst`` (every rank if None), by None elsewhere.
+class Finished:
+    """A gathered leaf already converted, carried through the rest of the conversion untouched."""
 
-    Every rank must call it with the same structure. Other leaves are left as they are. Without a
-    process group nothing can be sharded, and ``data`` is returned as it is.
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def gather_leaves(what: str, data: Any, dst: int | None, finish: Callable[[torch.Tensor, str], Any]) -> Any:
+    r"""``data`` with each DTensor replaced by ``Finished(finish(full tensor, path))`` on ``dst``, None elsewhere.
+
+    ``dst=None``: on every rank. Each full tensor is finished as soon as it arrives, so a rank
+    holds at most one beyond the results. Every rank must call it with the same structure;
+    other leaves are left as they are (the caller converts them, then :func:`unwrap`\ s). Without
+    a process group nothing can be sharded, and ``data`` is returned as it is.
     """
     if not dist.is_initialized():
         return data
@@ -174,13 +191,26 @@ def gather_leaves(what: str, data: Any, dst: int | None) -> Any:
     if not g.found:
         return data
     if g.dst is None:
-        full = g.all_full()
-        return map_leaves(lambda x, p: full[format_path(p)] if isinstance(x, DTensor) else x, data)
+        done = g.all_full(finish)
+        return map_leaves(lambda x, p: Finished(done[format_path(p)]) if isinstance(x, DTensor) else x, data)
     if not g.receiving:
         g.serve()
         return map_leaves(lambda x, p: None if isinstance(x, DTensor) else x, data)
+
+    def one(x: Any, p: Any) -> Any:
+        if not isinstance(x, DTensor):
+            return x
+        path = format_path(p)
+        full = fetch(path)
+        return Finished(finish(full, path))
+
     with g.driving() as fetch:
-        return map_leaves(lambda x, p: fetch(format_path(p)) if isinstance(x, DTensor) else x, data)
+        return map_leaves(one, data)
+
+
+def unwrap(data: Any) -> Any:
+    """``data`` with every :class:`Finished` leaf replaced by its value."""
+    return map_leaves(lambda x, p: x.value if type(x) is Finished else x, data)
 
 
 def layout_words(t: DTensor, rank: int) -> str:
