@@ -150,6 +150,16 @@ def matrix(rank: int, world: int, outdir: str) -> list[str]:
     assert kind == "StructureError" and "only_here" in msg, (kind, msg)
     checks.append("mismatched keys raise everywhere")
 
+    # different calls meet in the same first exchange: every rank raises, none waits
+    kind, msg = _catch(lambda: tb.to_numpy(cases, shards="gather", dst=rank % 2))
+    assert kind == "StructureError" and "different calls" in msg, (kind, msg)
+    saving = os.path.join(outdir, "never.safetensors")
+    kind, msg = _catch(lambda: tb.save(cases, saving, shards="gather") if rank else tb.to_numpy(cases, shards="gather"))
+    assert kind == "StructureError" and "different calls" in msg and not os.path.exists(saving), (kind, msg)
+    kind, msg = _catch(lambda: tb.to_numpy(cases, shards="gather", dst=world))
+    assert kind == "StructureError" and f"dst={world} names no rank" in msg, (kind, msg)
+    checks.append("different calls raise everywhere")
+
     # uneven from_local without shape=: each rank sees another global shape
     mesh = init_device_mesh("cpu", (world,))
     ragged = DTensor.from_local(torch.ones(rank + 1, 2), mesh, [Shard(0)])
@@ -180,6 +190,13 @@ def matrix(rank: int, world: int, outdir: str) -> list[str]:
     assert rep["w"].placements == (Replicate(),) and rep["w"].dtype == torch.float64
     assert np.array_equal(tb.to_numpy(rep["w"].to_local()), arrays["w"].astype(np.float64))
     checks.append("scatter src=0, src=None, dtype map")
+
+    # an argument only one rank gets wrong: told to the others, every rank raises
+    kind, msg = _catch(lambda: tb.to_tensor(given, mesh=mesh, placements=[Shard(0)], copy=False if rank == 1 else None))
+    assert kind == "UnsupportedError" and "copy" in msg and (rank == 1 or "rank 1 cannot take part" in msg), msg
+    kind, msg = _catch(lambda: tb.to_tensor(given, mesh=mesh, src=world))
+    assert kind == "StructureError" and "names no rank" in msg, (kind, msg)
+    checks.append("one rank's bad argument raises everywhere")
 
     # placements that do not fit, refused on every rank before anything moves
     from torch.distributed.tensor import Partial
@@ -215,6 +232,20 @@ def matrix(rank: int, world: int, outdir: str) -> list[str]:
         f"src=None from a memory map: anonymous memory +{grown / 2**20:.1f} MiB for a {shard / 2**20:.1f} MiB shard"
     )
     del held, arr
+
+    if world == 4:  # tensor parallel inside each of two replicas: DTensors on sub-meshes [0, 1] and [2, 3]
+        tp = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))["tp"]
+        full = torch.arange(30.0).reshape(5, 6)
+        from torch.distributed.tensor import distribute_tensor
+
+        sub = {"w": distribute_tensor(full, tp, [Shard(1)]), "b": distribute_tensor(full[0], tp, [Shard(0)])}
+        for d in (0, 3, None):
+            got = tb.to_numpy(sub, shards="gather", dst=d)
+            if d is None or rank == d:
+                assert np.array_equal(got["w"], full.numpy()) and np.array_equal(got["b"], full[0].numpy())
+        made = tb.to_tensor({"w": full.numpy()} if rank == 0 else None, mesh=tp, placements=[Shard(0)], src=0)
+        assert torch.equal(made["w"].full_tensor(), full), rank
+        checks.append("sub-mesh replicas gather and scatter")
 
     # save: one file, and a sharded set, written by rank 0 from every rank's shards
     path = os.path.join(outdir, "gathered.safetensors")

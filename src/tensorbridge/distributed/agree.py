@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch.distributed as dist
 
@@ -20,7 +21,7 @@ from ..errors import ConversionError, DistributedError, StructureError
 from .comm import waiting
 from .placements import Layout
 
-__all__ = ["Held", "Problem", "agree", "raise_any"]
+__all__ = ["Held", "Problem", "Said", "agree", "exchange", "raise_any"]
 
 
 @dataclass(frozen=True)
@@ -67,23 +68,63 @@ def raise_any(problems: Sequence[Problem | None], mine: ConversionError | None) 
 _MAX_LISTED = 3
 
 
-def agree(
-    what: str, held: Sequence[Held], problem: ConversionError | None = None
-) -> list[tuple[tuple[Held, ...], Problem | None]]:
-    """Exchange every rank's description; return them all (by rank), or raise on every rank alike.
+@dataclass(frozen=True)
+class Said:
+    """What one rank tells the others before anything moves."""
+
+    call: tuple[Any, ...]  # the verb and the options that must match on every rank
+    problem: Problem | None  # why this rank cannot take part, if it knows
+    payload: Any  # what it holds (``Held``s), or the structure it scatters
+
+
+def exchange(what: str, call: tuple[Any, ...], payload: Any, problem: ConversionError | None) -> list[Said]:
+    """One ``all_gather_object`` of every rank's :class:`Said`; raise alike on every rank if they cannot go on.
+
+    Every exchange of this package starts here, so ranks that made different calls (one
+    ``to_numpy``, one ``save``; another ``dst``) meet in the same collective and all raise.
+
+    Raises:
+        StructureError: (ValueError) the ranks made different calls.
+        ConversionError: the class of the problem a rank reported (that rank raises its own).
+        DistributedError: (RuntimeError) a rank did not join within the group's timeout.
+    """
+    mine = Said(call, None if problem is None else Problem.of(problem), payload)
+    every: list[Said] = [mine] * dist.get_world_size()
+    with waiting(what, "data", "waiting for every rank to describe what it holds"):
+        dist.all_gather_object(every, mine)
+    odd = [r for r, said in enumerate(every) if said.call != every[0].call]
+    if odd:
+        r = odd[0]
+        raise StructureError(
+            what,
+            "data",
+            f"the ranks made different calls: rank 0 {_call_words(every[0].call)}, "
+            f"rank {r} {_call_words(every[r].call)}",
+            "Make the same call, with the same dst/src, on every rank of the group",
+        )
+    raise_any([said.problem for said in every], problem)
+    return every
+
+
+def _call_words(call: tuple[Any, ...]) -> str:
+    return " ".join(f"{k}={v!r}" if k else str(v) for k, v in call)
+
+
+def agree(what: str, call: tuple[Any, ...], held: Sequence[Held], problem: ConversionError | None = None) -> list[Said]:
+    """:func:`exchange` every rank's leaves; raise alike on every rank unless they hold the same sharded data.
+
+    A DTensor's layout must match on every rank but for the ranks of its mesh: replicas on
+    sub-meshes (tensor parallel within each data-parallel group) hold the same global tensor.
 
     Raises:
         StructureError: (ValueError) the ranks hold different key paths, or a DTensor with
-            different layouts, or a shard whose shape its placements do not give.
+            different layouts, or a shard whose shape its placements do not give; or they made
+            different calls.
         DistributedError: (RuntimeError) a rank did not join within the group's timeout, or a
             rank reported a problem (that rank raises its own error).
     """
-    mine = (tuple(held), None if problem is None else Problem.of(problem))
-    every: list[tuple[tuple[Held, ...], Problem | None]] = [mine] * dist.get_world_size()
-    with waiting(what, "data", "waiting for every rank to describe what it holds"):
-        dist.all_gather_object(every, mine)
-    raise_any([p for _, p in every], problem)
-    found = _differences(what, [h for h, _ in every])
+    every = exchange(what, call, tuple(held), problem)
+    found = _differences([said.payload for said in every])
     if found:
         listed = "; ".join(found[:_MAX_LISTED]) + (f"; and {len(found) - _MAX_LISTED} more" if len(found) > 3 else "")
         raise StructureError(
@@ -96,7 +137,7 @@ def agree(
     return every
 
 
-def _differences(what: str, every: Sequence[Sequence[Held]]) -> list[str]:
+def _differences(every: Sequence[Sequence[Held]]) -> list[str]:
     """What differs between the ranks' descriptions, in words (empty when they agree)."""
     found: list[str] = []
     by_rank = [{h.path: h for h in held} for held in every]
@@ -108,7 +149,7 @@ def _differences(what: str, every: Sequence[Sequence[Held]]) -> list[str]:
             found.append(f"rank {r} has {path} and rank 0 does not")
         for path in sorted(first.keys() & mine.keys()):
             a, b = first[path].layout, mine[path].layout
-            if a != b:
+            if (a is None) != (b is None) or (a is not None and b is not None and not a.same_as(b)):
                 found.append(f"{path} is {_words(a)} on rank 0 and {_words(b)} on rank {r}")
     for r, mine in enumerate(by_rank):
         for h in mine.values():

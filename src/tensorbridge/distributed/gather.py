@@ -73,16 +73,19 @@ class Gathering:
     def start(cls, what: str, data: Any, dst: int | None, problem: ConversionError | None = None) -> Gathering:
         """Agree with the other ranks on ``data`` (every rank calls this); raise on every rank alike."""
         rank, world = rank_and_world(what, "data")
-        if dst is not None and not 0 <= dst < world:
-            raise StructureError(what, "dst", f"dst={dst} names no rank of this group of {world}", "Pass 0 or None")
+        if dst is not None and not 0 <= dst < world and problem is None:
+            problem = StructureError(what, "dst", f"dst={dst} names no rank of this group of {world}", "Pass 0 or None")
         held, found = held_of(data)
-        agree(what, held, problem)
+        every = agree(what, (("", what), ("dst", dst)), held, problem)
         out = cls(what, dst, rank, world, found)
-        for path, lay in out.layouts.items():
-            if dst is not None and not lay.boxes and dst not in lay.mesh_ranks:
+        if dst is None:
+            return out
+        for h in every[dst].payload:  # dst's own layouts: every rank decides alike
+            lay = h.layout
+            if lay is not None and not lay.boxes and dst not in lay.mesh_ranks:
                 raise StructureError(
                     what,
-                    path,
+                    h.path,
                     f"its placements are assembled by the ranks of its mesh {list(lay.mesh_ranks)}, and dst={dst} "
                     "is not one of them",
                     "Pass dst= a rank of that mesh, or redistribute the tensor to Shard/Replicate placements",

@@ -81,6 +81,11 @@ class Layout:
     mesh_ranks: tuple[int, ...]
     placements: tuple[Spec, ...]
 
+    def same_as(self, other: Layout) -> bool:
+        """The same global tensor laid out alike, maybe on another mesh's ranks (a replica's sub-mesh)."""
+        mine = (self.shape, self.dtype, self.mesh_shape, self.placements)
+        return mine == (other.shape, other.dtype, other.mesh_shape, other.placements)
+
     @property
     def boxes(self) -> bool:
         """True when every rank's shard is one block (only ``Shard`` and ``Replicate``)."""

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
@@ -30,7 +29,7 @@ from ..errors import ConversionError, StructureError, UnsupportedError
 from ..options import ToTensorOptions
 from ..pipeline import convert
 from ..tree import format_path, iter_leaves, map_leaves
-from .agree import Problem, raise_any
+from .agree import exchange
 from .comm import rank_and_world, recv_into, send_from, waiting
 from .placements import Layout, contiguous_strides, placement_spec, region
 
@@ -103,14 +102,18 @@ def _fitted(placements: Placements | None, mesh: DeviceMesh, path: str, shape: t
     return tuple(fitted)
 
 
-def _layout(mesh: DeviceMesh, placements: tuple[Any, ...], shape: tuple[int, ...], dtype: torch.dtype) -> Layout:
-    return Layout(
-        shape,
-        str(dtype).removeprefix("torch."),
-        tuple(mesh.mesh.shape),
-        tuple(int(r) for r in mesh.mesh.flatten().tolist()),
-        tuple(placement_spec(p) for p in placements),
-    )
+def _layout(
+    mesh: DeviceMesh,
+    placements: tuple[Any, ...],
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    ranks: tuple[int, ...] | None = None,
+) -> Layout:
+    """The layout a leaf gets on ``mesh`` (or on a mesh of its shape holding ``ranks``)."""
+    if ranks is None:
+        ranks = tuple(int(r) for r in mesh.mesh.flatten().tolist())
+    specs = tuple(placement_spec(p) for p in placements)
+    return Layout(shape, str(dtype).removeprefix("torch."), tuple(mesh.mesh.shape), ranks, specs)
 
 
 def _dtensor(
@@ -132,6 +135,20 @@ def scatter_leaves(
 ) -> Any:
     """``data``'s arrays and tensors as DTensors on ``mesh`` (see the module docstring)."""
     rank, world = rank_and_world(_WHAT, "data")
+    problem: ConversionError | None = None
+    try:
+        _check_call(opts, mesh, src, rank, world)
+    except ConversionError as err:
+        if src is None:
+            raise
+        problem = err  # told to the other ranks first, so none waits for data that will not come
+    host = _host(opts)
+    if src is None:
+        return _slice_own(data, host, opts.requires_grad, mesh, placements, _device(mesh))
+    return _from_src(data, host, opts.requires_grad, mesh, placements, src, rank, problem)
+
+
+def _check_call(opts: ToTensorOptions, mesh: DeviceMesh, src: int | None, rank: int, world: int) -> None:
     if not isinstance(mesh, DeviceMesh):
         raise UnsupportedError(
             _WHAT, "mesh", f"mesh must be a DeviceMesh, not {type(mesh).__name__}",
@@ -149,13 +166,13 @@ def scatter_leaves(
         )  # fmt: skip
     if mesh.get_coordinate() is None:
         raise StructureError(_WHAT, "mesh", f"rank {rank} is not in the mesh", "Call to_tensor(mesh=...) on its ranks")
-    device = torch.device(mesh.device_type, torch.cuda.current_device()) if mesh.device_type == "cuda" else None
-    host = _host(opts)
-    if src is None:
-        return _slice_own(data, host, opts.requires_grad, mesh, placements, device)
-    if not 0 <= src < world:
+    if src is not None and not 0 <= src < world:
         raise StructureError(_WHAT, "src", f"src={src} names no rank of this group of {world}", "Pass 0 or None")
-    return _from_src(data, host, opts.requires_grad, mesh, placements, src, rank, device)
+
+
+def _device(mesh: DeviceMesh) -> torch.device | None:
+    """Where the shards go: the mesh's CUDA device, or None for the host."""
+    return torch.device("cuda", torch.cuda.current_device()) if mesh.device_type == "cuda" else None
 
 
 def _slice_own(
@@ -201,52 +218,60 @@ def _from_src(
     placements: Placements | None,
     src: int,
     rank: int,
-    device: torch.device | None,
+    problem: ConversionError | None,
 ) -> Any:
-    problem: ConversionError | None = None
+    """Scatter ``src``'s leaves: two exchanges (the structure and the meshes; every rank's check), then the data.
+
+    Each rank's block is computed from that rank's own mesh (replicas on sub-meshes get theirs).
+    """
     skeleton: Any = None
-    if rank == src:
+    if rank == src and problem is None:
         try:
             skeleton = map_leaves(lambda x, p: _Stand(tuple(x.shape), _dtype_of(x, host)) if _is_data(x) else x, data)
         except ConversionError as err:
             problem = err
-    box: list[Any] = [skeleton if problem is None else Problem.of(problem)]
-    with waiting(_WHAT, "data", f"waiting for rank {src} to describe the data it scatters"):
-        dist.broadcast_object_list(box, src)
-    if isinstance(box[0], Problem):
-        raise_any([box[0] if r == src else None for r in range(src + 1)], problem)
-    skeleton = box[0]
-    stands = [(format_path(p), s) for p, s in iter_leaves(skeleton, lambda v: isinstance(v, _Stand))]
+    real = isinstance(mesh, DeviceMesh)
+    ranks = tuple(int(r) for r in mesh.mesh.flatten().tolist()) if real else None
+    call = (("", _WHAT), ("src", src), ("mesh shape", tuple(mesh.mesh.shape) if real else None))
+    every = exchange(_WHAT, call, (skeleton, ranks), problem)
+    skeleton = every[src].payload[0]
+    meshes: list[tuple[int, ...]] = [said.payload[1] for said in every]
+    stands = [(format_path(p), st) for p, st in iter_leaves(skeleton, lambda v: isinstance(v, _Stand))]
+    fitted: list[tuple[Any, ...]] = []
     try:
-        fitted = [_fitted(placements, mesh, path, s.shape) for path, s in stands]
+        fitted = [_fitted(placements, mesh, path, st.shape) for path, st in stands]
         if rank != src and data is not None:
             _same_paths(data, skeleton)
     except ConversionError as err:
         problem = err
-    mine = None if problem is None else Problem.of(problem)
-    every: list[Problem | None] = [None] * dist.get_world_size()
-    with waiting(_WHAT, "data", "waiting for every rank to check the structure"):
-        dist.all_gather_object(every, mine)
-    raise_any(every, problem)
+    chosen = tuple(tuple(map(placement_spec, f)) for f in fitted)
+    checked = exchange(_WHAT, call, chosen, problem)
+    for r, said in enumerate(checked):
+        if said.payload != checked[src].payload:
+            raise StructureError(
+                _WHAT, "placements", f"rank {r} chose other placements than rank {src}",
+                "Pass the same placements (or a function of path and shape only) on every rank",
+            )  # fmt: skip
     leaves = iter(x for _, x in iter_leaves(data, _is_data)) if rank == src else None
+    device = _device(mesh)
     made: dict[str, DTensor] = {}
-    coord = tuple(mesh.get_coordinate() or ())
     for (path, stand), place in zip(stands, fitted, strict=True):
-        lay = _layout(mesh, place, stand.shape, stand.dtype)
+        boxes = [
+            _layout(mesh, place, stand.shape, stand.dtype, meshes[r]).box(_coord(meshes[r], mesh, r))
+            for r in range(len(meshes))
+        ]
         with torch.no_grad(), waiting(_WHAT, path, f"scattering {path} from rank {src}"):
             if leaves is not None:
                 full = _convert(next(leaves), host, path)
-                local = None
-                for flat, r in enumerate(lay.mesh_ranks):
-                    piece = region(full, lay.box(_coord(lay, flat)))
+                for r, box in enumerate(boxes):
+                    piece = region(full, box)
                     if r == rank:
                         local = piece.clone(memory_format=torch.contiguous_format)
                     elif piece.numel():
                         send_from(piece, r)
-                assert local is not None
                 del full
             else:
-                local = torch.empty(lay.box(coord)[1], dtype=stand.dtype, device=device)
+                local = torch.empty(boxes[rank][1], dtype=stand.dtype, device=device)
                 if local.numel():
                     recv_into(local, src)
         if device is not None:
@@ -255,10 +280,13 @@ def _from_src(
     return map_leaves(lambda x, p: made[format_path(p)] if isinstance(x, _Stand) else x, skeleton)
 
 
-def _coord(lay: Layout, flat: int) -> tuple[int, ...]:
-    coord = lay.coordinate(lay.mesh_ranks[flat])
-    assert coord is not None
-    return coord
+def _coord(ranks: tuple[int, ...], mesh: DeviceMesh, rank: int) -> tuple[int, ...]:
+    """Global ``rank``'s coordinate in its mesh (``ranks``, row-major, of ``mesh``'s shape)."""
+    flat, coord = ranks.index(rank), []
+    for size in reversed(tuple(mesh.mesh.shape)):
+        coord.append(flat % size)
+        flat //= size
+    return tuple(reversed(coord))
 
 
 def _dtype_of(x: Any, host: ToTensorOptions) -> torch.dtype:
