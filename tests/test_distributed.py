@@ -157,7 +157,12 @@ def test_the_options_are_checked_before_anything() -> None:
 def test_save_refuses_bad_shards_options(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedError, match="shards must be"):
         tb.save({"a": np.ones(2)}, tmp_path / "a.safetensors", shards="local")
+    with pytest.raises(UnsupportedError, match="dst must be one rank"):
+        tb.save({"a": np.ones(2)}, tmp_path / "a.safetensors", shards="gather", dst=None)  # type: ignore[arg-type]
     assert not list(tmp_path.iterdir())
+    # without a process group nothing is sharded: a plain save
+    tb.save({"a": np.ones(2)}, tmp_path / "a.safetensors", shards="gather")
+    assert tb.load(tmp_path / "a.safetensors")["a"].tolist() == [1.0, 1.0]
 
 
 def test_importing_tensorbridge_imports_nothing_distributed() -> None:

@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-__all__ = ["Box", "Layout", "chunk", "contiguous_strides", "layout_of", "placement_spec", "region"]
+__all__ = ["Box", "Layout", "chunk", "contiguous_strides", "layout_of", "layout_on", "placement_spec", "region"]
 
 _T = TypeVar("_T", torch.Tensor, "np.ndarray[Any, Any]")
 
@@ -150,16 +151,23 @@ def _spec_words(p: Spec) -> str:
     return str(p[1])
 
 
+def layout_on(
+    mesh: DeviceMesh,
+    placements: Sequence[object],
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    ranks: tuple[int, ...] | None = None,
+) -> Layout:
+    """The layout of a tensor of ``shape`` placed on ``mesh`` (or on a mesh of its shape holding ``ranks``)."""
+    if ranks is None:
+        ranks = tuple(int(r) for r in mesh.mesh.flatten().tolist())
+    specs = tuple(placement_spec(p) for p in placements)
+    return Layout(tuple(shape), str(dtype).removeprefix("torch."), tuple(mesh.mesh.shape), ranks, specs)
+
+
 def layout_of(t: DTensor) -> Layout:
     """The layout of a DTensor, from its metadata only."""
-    mesh = t.device_mesh
-    return Layout(
-        tuple(t.shape),
-        str(t.dtype).removeprefix("torch."),
-        tuple(mesh.mesh.shape),
-        tuple(int(r) for r in mesh.mesh.flatten().tolist()),
-        tuple(placement_spec(p) for p in t.placements),
-    )
+    return layout_on(t.device_mesh, t.placements, t.shape, t.dtype)
 
 
 def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:

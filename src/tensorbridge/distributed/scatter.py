@@ -31,7 +31,7 @@ from ..pipeline import convert
 from ..tree import format_path, iter_leaves, map_leaves
 from .agree import exchange
 from .comm import rank_and_world, recv_into, send_from, waiting
-from .placements import Layout, contiguous_strides, placement_spec, region
+from .placements import Box, Layout, contiguous_strides, layout_on, placement_spec, region
 
 __all__ = ["Placements", "scatter_leaves"]
 
@@ -100,20 +100,6 @@ def _fitted(placements: Placements | None, mesh: DeviceMesh, path: str, shape: t
                 "Pass Shard(d) or Replicate() for each mesh dimension (redistribute afterwards if you need more)",
             )  # fmt: skip
     return tuple(fitted)
-
-
-def _layout(
-    mesh: DeviceMesh,
-    placements: tuple[Any, ...],
-    shape: tuple[int, ...],
-    dtype: torch.dtype,
-    ranks: tuple[int, ...] | None = None,
-) -> Layout:
-    """The layout a leaf gets on ``mesh`` (or on a mesh of its shape holding ``ranks``)."""
-    if ranks is None:
-        ranks = tuple(int(r) for r in mesh.mesh.flatten().tolist())
-    specs = tuple(placement_spec(p) for p in placements)
-    return Layout(shape, str(dtype).removeprefix("torch."), tuple(mesh.mesh.shape), ranks, specs)
 
 
 def _dtensor(
@@ -192,7 +178,7 @@ def _slice_own(
         path = format_path(p)
         shape = tuple(x.shape)
         fitted = _fitted(placements, mesh, path, shape)
-        piece = region(x, _layout(mesh, fitted, shape, torch.float32).box(coord))  # a view: only its pages are read
+        piece = region(x, layout_on(mesh, fitted, shape, torch.float32).box(coord))  # a view: only its pages are read
         local = _convert(piece, owned, path)  # copy=True: a shard owns its memory
         if device is not None:
             local = local.to(device)
@@ -256,10 +242,7 @@ def _from_src(
     device = _device(mesh)
     made: dict[str, DTensor] = {}
     for (path, stand), place in zip(stands, fitted, strict=True):
-        boxes = [
-            _layout(mesh, place, stand.shape, stand.dtype, meshes[r]).box(_coord(meshes[r], mesh, r))
-            for r in range(len(meshes))
-        ]
+        boxes = [_box(layout_on(mesh, place, stand.shape, stand.dtype, ranks), r) for r, ranks in enumerate(meshes)]
         with torch.no_grad(), waiting(_WHAT, path, f"scattering {path} from rank {src}"):
             if leaves is not None:
                 full = _convert(next(leaves), host, path)
@@ -280,13 +263,11 @@ def _from_src(
     return map_leaves(lambda x, p: made[format_path(p)] if isinstance(x, _Stand) else x, skeleton)
 
 
-def _coord(ranks: tuple[int, ...], mesh: DeviceMesh, rank: int) -> tuple[int, ...]:
-    """Global ``rank``'s coordinate in its mesh (``ranks``, row-major, of ``mesh``'s shape)."""
-    flat, coord = ranks.index(rank), []
-    for size in reversed(tuple(mesh.mesh.shape)):
-        coord.append(flat % size)
-        flat //= size
-    return tuple(reversed(coord))
+def _box(lay: Layout, rank: int) -> Box:
+    """The block ``rank`` holds under ``lay`` (every rank is in its own mesh: checked before)."""
+    coord = lay.coordinate(rank)
+    assert coord is not None
+    return lay.box(coord)
 
 
 def _dtype_of(x: Any, host: ToTensorOptions) -> torch.dtype:

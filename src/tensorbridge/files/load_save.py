@@ -403,8 +403,11 @@ def _save_gathered(
 
     if type(dst) is not int:
         raise UnsupportedError("saving", "dst", f"dst must be one rank (an int), not {dst!r}", "Pass dst=0")
+    if not dist.is_initialized():  # without a process group nothing is sharded: a plain save
+        _save(data, path, fmt_name, force, dtype, metadata, max_shard_size)
+        return
     problem = None
-    if dist.is_initialized() and dist.get_rank() == dst:
+    if dist.get_rank() == dst:
         try:
             _destination(path, fmt_name, force, max_shard_size)
         except ConversionError as err:
