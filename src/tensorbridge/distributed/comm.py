@@ -52,13 +52,18 @@ def waiting(what: str, path: str, doing: str) -> Iterator[None]:
         if isinstance(err, DistributedError):
             raise
         detail = " ".join(str(err).split())[:300]
+        verb = _VERBS.get(what, what)
         raise DistributedError(
             what,
             path,
             f"rank {dist.get_rank()} gave up {doing} ({type(err).__name__}: {detail})",
-            f"Call {what} with the same data and options on every rank of the group; the process group may "
+            f"Call {verb} with the same data and options on every rank of the group; the process group may "
             "be unusable after this, so destroy it and set it up again",
         ) from err
+
+
+#: The function a caller called, for each ``what`` of the messages.
+_VERBS: Final = {"saving": "tensorbridge.save"}
 
 
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
