@@ -196,6 +196,9 @@ def matrix(rank: int, world: int, outdir: str) -> list[str]:
     assert kind == "UnsupportedError" and "copy" in msg and (rank == 1 or "rank 1 cannot take part" in msg), msg
     kind, msg = _catch(lambda: tb.to_tensor(given, mesh=mesh, src=world))
     assert kind == "StructureError" and "names no rank" in msg, (kind, msg)
+    unpicklable = {"w": arrays["w"], "f": lambda: 0} if rank == 0 else None
+    kind, msg = _catch(lambda: tb.to_tensor(unpicklable, mesh=mesh, src=0))
+    assert kind == "UnsupportedError" and "cannot be sent" in msg, (kind, msg)
     checks.append("one rank's bad argument raises everywhere")
 
     # placements that do not fit, refused on every rank before anything moves

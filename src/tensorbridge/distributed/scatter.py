@@ -16,6 +16,7 @@ placements of other kinds are refused with the fix.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -214,8 +215,9 @@ def _from_src(
     if rank == src and problem is None:
         try:
             skeleton = map_leaves(lambda x, p: _Stand(tuple(x.shape), _dtype_of(x, host)) if _is_data(x) else x, data)
+            _picklable(skeleton)
         except ConversionError as err:
-            problem = err
+            problem, skeleton = err, None
     real = isinstance(mesh, DeviceMesh)
     ranks = tuple(int(r) for r in mesh.mesh.flatten().tolist()) if real else None
     call = (("", _WHAT), ("src", src), ("mesh shape", tuple(mesh.mesh.shape) if real else None))
@@ -268,6 +270,17 @@ def _box(lay: Layout, rank: int) -> Box:
     coord = lay.coordinate(rank)
     assert coord is not None
     return lay.box(coord)
+
+
+def _picklable(skeleton: Any) -> None:
+    """Raise unless the structure can be sent (pickled), so no rank waits for one that never comes."""
+    try:
+        pickle.dumps(skeleton)
+    except Exception as err:  # pickling runs the containers' own code: anything may fail
+        raise UnsupportedError(
+            _WHAT, "data", f"the structure cannot be sent to the other ranks ({type(err).__name__}: {err})",
+            "Use containers that pickle (dict, list, tuple, module-level dataclasses), or pass src=None",
+        ) from err  # fmt: skip
 
 
 def _dtype_of(x: Any, host: ToTensorOptions) -> torch.dtype:
