@@ -75,7 +75,12 @@ class Gathering:
         rank, world = rank_and_world(what, "data")
         if dst is not None and not 0 <= dst < world and problem is None:
             problem = StructureError(what, "dst", f"dst={dst} names no rank of this group of {world}", "Pass 0 or None")
-        held, found = held_of(data)
+        held: list[Held] = []
+        found: dict[str, DTensor] = {}
+        try:
+            held, found = held_of(data)
+        except ConversionError as err:  # a structure that cannot be walked: told, not left to time out
+            problem = problem or err
         every = agree(what, (("", what), ("dst", dst)), held, problem)
         out = cls(what, dst, rank, world, found)
         if dst is None:
