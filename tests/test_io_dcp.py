@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
+from tensorbridge.errors import FileFormatError
 from tensorbridge.files import format_for, is_set_path
 from tensorbridge.files.dcp_files import DCP, is_dcp_dir
 
@@ -218,3 +219,107 @@ def test_a_checkpoint_of_two_ranks_reads_whole(tmp_path: Path) -> None:
     code, _, err = run("convert", str(folder), str(tmp_path / "o.safetensors"))
     assert code == 0, err
     assert torch.equal(load_file(str(tmp_path / "o.safetensors"))["model.w"], torch.arange(24.0).reshape(4, 6))
+
+
+def test_two_chunks_assemble_into_private_writable_memory(tmp_path: Path) -> None:
+    full = sharded(tmp_path / "ck", [((0, 0), (2, 6)), ((2, 0), (2, 6))])
+    data = (tmp_path / "ck" / "__0_0.distcp").read_bytes()
+    (entry,) = DCP.read(str(tmp_path / "ck")).entries
+    got = entry.load()
+    assert np.array_equal(got, full.numpy()) and got.flags.writeable
+    got[...] = -1  # the file is not changed
+    assert (tmp_path / "ck" / "__0_0.distcp").read_bytes() == data
+    assert np.array_equal(entry.load(), full.numpy())
+
+
+def test_a_single_chunk_is_read_in_place_into_private_memory(tmp_path: Path) -> None:
+    full = sharded(tmp_path / "ck", [((0, 0), (4, 6))])
+    (entry,) = DCP.read(str(tmp_path / "ck")).entries
+    got = entry.load()
+    assert np.array_equal(got, full.numpy()) and got.flags.writeable and got.flags.c_contiguous
+    got[0, 0] = 99.0
+    assert entry.load()[0, 0] == 0.0
+
+
+def test_a_chunk_truncated_by_the_end_of_the_file_names_the_chunk(tmp_path: Path) -> None:
+    sharded(tmp_path / "ck", [((0, 0), (2, 6)), ((2, 0), (2, 6))])
+    (entry,) = DCP.read(str(tmp_path / "ck")).entries  # checked whole here, then truncated
+    data = tmp_path / "ck" / "__0_0.distcp"
+    data.write_bytes(data.read_bytes()[:-10])
+    with pytest.raises(FileFormatError) as caught:
+        entry.load()
+    assert "chunk [2, 0] of 'w'" in str(caught.value) and "truncated" in str(caught.value), caught.value
+
+
+def _central_entry(payload: bytes, name: bytes) -> int:
+    """Where the zip directory entry of member ``name`` starts in a torch.save payload."""
+    at = payload.find(b"PK\x01\x02")
+    while at >= 0:
+        n = int.from_bytes(payload[at + 28 : at + 30], "little")
+        if payload[at + 46 : at + 46 + n].endswith(name):
+            return at
+        at = payload.find(b"PK\x01\x02", at + 1)
+    raise AssertionError(f"no member {name!r}")
+
+
+@pytest.mark.parametrize("claim", ["offset", "size"])
+def test_a_chunk_whose_zip_reaches_outside_its_window_is_one_line(tmp_path: Path, claim: str) -> None:
+    """Chunk 0's zip names bytes that lie in the file, past its window (in chunk 1): refused."""
+    sharded(tmp_path / "ck", [((0, 0), (2, 6)), ((2, 0), (2, 6))])
+    md = pickle.loads((tmp_path / "ck" / ".metadata").read_bytes())  # our own test file
+    first = md.storage_data[MetadataIndex("w", (0, 0))].length
+    path = tmp_path / "ck" / "__0_0.distcp"
+    data = bytearray(path.read_bytes())
+    at = _central_entry(bytes(data[:first]), b"/data/0")
+    if claim == "offset":  # the member's local header: chunk 1's own, past the window
+        second = _central_entry(bytes(data[first:]), b"/data/0")
+        header = int.from_bytes(data[first + second + 42 : first + second + 46], "little")
+        data[at + 42 : at + 46] = (first + header).to_bytes(4, "little")
+    else:  # the member's size: past the window's end
+        data[at + 20 : at + 28] = (first * 2).to_bytes(4, "little") * 2
+    path.write_bytes(bytes(data))
+    code, _, err = run("convert", str(tmp_path / "ck"), str(tmp_path / "o.safetensors"))
+    one_line_error(code, err)
+    assert "chunk [0, 0] of 'w'" in err, err
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+_PEAK_CHILD = """
+import os, sys, warnings
+warnings.simplefilter("ignore")
+from tensorbridge.cli import main
+small, big, out = sys.argv[1:]
+assert main(["convert", small, out, "--quiet", "--force"]) == 0  # imports everything first
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+def kib(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+base = kib("VmRSS:")
+assert main(["convert", big, out, "--quiet", "--force"]) == 0
+print(kib("VmHWM:") - base)
+"""
+
+
+def _can_reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _can_reset_peak(), reason="needs a writable /proc/self/clear_refs")
+def test_converting_a_checkpoint_holds_about_one_tensor(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"w": torch.ones(4)}, checkpoint_id=str(tmp_path / "small"), no_dist=True)
+        dcp.save({"w": torch.randn(8 << 20)}, checkpoint_id=str(tmp_path / "big"), no_dist=True)  # 32 MiB
+    argv = [str(tmp_path / n) for n in ("small", "big", "o.safetensors")]
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_CHILD, *argv], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rise_mib = int(done.stdout.split()[-1]) / 1024
+    assert rise_mib < 1.5 * 32, f"peak rise {rise_mib:.1f} MiB for a 32 MiB tensor"

@@ -8,10 +8,12 @@ payload at an (offset, length) of a data file.
 **Reading.** :meth:`DcpFormat.read` reads only the metadata and checks it against the files: every
 chunk's bytes lie inside its file, and the chunks of a tensor lie inside it and cover it exactly
 (no gap, no overlap), declaring at most ``MAX_REPEAT`` times the bytes they store. An entry's
-:meth:`~tensorbridge.files.base.Entry.load` reads each chunk's slice (bounded by its length) into
-a private temporary file and reads that with tensorbridge's own safe torch.save reader
-(``torch_files.PT``: its pickle scan, then ``torch.load(weights_only=True)``), then puts the chunks
-together. Entry names are the flattened names DCP keeps (``model.layer.weight``).
+:meth:`~tensorbridge.files.base.Entry.load` reads each chunk in place, as the byte window
+(``file_window.Window``) of its data file that it is, with tensorbridge's own safe torch.save
+reader (``PT.read_window``: every check of a .pt file, inside the window; then
+``torch.load(weights_only=True)``), then puts the chunks together. A tensor of one chunk is the
+array torch read, not a copy, so peak memory is about one tensor; every result is private,
+writable memory, not a map of the file. Entry names are the flattened names DCP keeps (``model.layer.weight``).
 
 **Not read.** Values DCP stores as pickled bytes (an ``int`` step, optimizer hyperparameters:
 ``BytesStorageMetadata``) are skipped: only tensors are entries, and ``tensorbridge inspect``
@@ -40,7 +42,6 @@ the array. ``--max-shard-size`` does not apply (it splits a sharded safetensors 
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -52,13 +53,13 @@ from ..dtypes import row_for_numpy, row_for_torch
 from ..errors import ConversionError, UnsupportedError
 from .base import Archive, Entry, bad_file, load_for_writing
 from .dcp_metadata import METADATA_NAME, DcpChunk, DcpTensor, read_metadata
+from .file_window import Window
 from .pickle_standins import MAX_REPEAT, REPEAT_SLACK
 
 __all__ = ["DCP", "DcpFormat", "is_dcp_dir"]
 
 #: The most chunks one tensor may have (one per rank that holds a shard; checked pairwise).
 MAX_CHUNKS: Final = 4096
-_BLOCK: Final = 1 << 20
 
 
 def is_dcp_dir(path: str) -> bool:
@@ -113,36 +114,39 @@ def _check_cover(path: str, t: DcpTensor) -> None:
 
 
 def _read_chunk(directory: str, t: DcpTensor, c: DcpChunk, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
-    """One chunk's torch.save payload, read by tensorbridge's safe .pt reader from a private copy."""
+    """One chunk's torch.save payload, read in place by tensorbridge's safe .pt reader (``PT.read_window``).
+
+    The array is the tensor torch read into memory, shared, not copied (private and writable), unless
+    it views only part of its storage: then it is copied, so that no unused bytes stay alive.
+    """
     from .torch_files import PT
 
     src = os.path.join(directory, c.file)
     where = f"chunk {list(c.offsets)} of {t.name!r} (bytes {c.offset}..{c.offset + c.length})"
-    with tempfile.TemporaryDirectory(prefix="tensorbridge-dcp-") as tmp:
-        copy = os.path.join(tmp, "chunk.pt")
-        with open(src, "rb") as f, open(copy, "wb") as out:
-            f.seek(c.offset)
-            left = c.length
-            while left:
-                block = f.read(min(left, _BLOCK))
-                if not block:
-                    raise bad_file(src, f"{where} ends past the end of the file (it is truncated)")
-                out.write(block)
-                left -= len(block)
-        try:
-            entries = PT.read(copy).entries
-            if len(entries) != 1 or entries[0].name != "data":
-                raise bad_file(src, f"{where} holds {len(entries)} arrays, not one tensor")
-            arr = np.array(entries[0].load(), order="C", copy=True)
-        except ConversionError as err:
-            if not err.path or err.path != copy:
-                raise
-            raise bad_file(src, f"{where} is not a readable torch.save payload ({err.cause})") from err
+    try:
+        entries = PT.read_window(Window(src, c.offset, c.length, where)).entries
+        if len(entries) != 1 or entries[0].name != "data":
+            raise bad_file(src, f"{where} holds {len(entries)} arrays, not one tensor")
+        arr = np.asarray(entries[0].load())
+    except ConversionError as err:
+        if err.path != src or err.cause.startswith(where):
+            raise
+        raise bad_file(src, f"{where} is not a readable torch.save payload ({err.cause})") from err
     if arr.dtype != dtype or arr.shape != c.sizes:
         raise bad_file(
             src, f"{where} holds {arr.dtype} {list(arr.shape)}, but the metadata declares {dtype} {list(c.sizes)}"
         )
+    if not (arr.flags.c_contiguous and arr.flags.writeable and _owns_its_memory(arr)):
+        arr = np.array(arr, order="C", copy=True)
     return arr
+
+
+def _owns_its_memory(arr: np.ndarray[Any, Any]) -> bool:
+    """Whether ``arr`` views a whole torch storage (so sharing it keeps no other bytes alive)."""
+    base: Any = arr
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return isinstance(base, torch.Tensor) and base.untyped_storage().nbytes() == arr.nbytes
 
 
 def _loader(directory: str, t: DcpTensor, dtype: np.dtype[Any]) -> Callable[[], np.ndarray[Any, Any]]:

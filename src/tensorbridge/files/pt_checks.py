@@ -16,11 +16,10 @@ storage reference is checked where it is made, however often a key is referenced
 
 from __future__ import annotations
 
-import mmap
-import os
 from typing import Final
 
 from .base import MAX_HEADER_BYTES, bad_file
+from .file_window import Window
 from .pickle_scan import Storage, scan
 
 __all__ = ["check_legacy", "check_zip"]
@@ -38,19 +37,22 @@ def _consistent(path: str, seen: dict[str, Storage], storage: Storage) -> None:
         )
 
 
-def check_zip(path: str, prefix: str, records: dict[str, tuple[int, int]]) -> None:
-    """Scan ``<prefix>/data.pkl``; every storage reference must match its record exactly.
+def check_zip(src: Window, prefix: str, records: dict[str, tuple[int, int]]) -> None:
+    """Scan ``<prefix>/data.pkl`` (records: offsets in ``src``); every storage reference must match its record exactly.
 
     Raises:
         FileFormatError: (ValueError) the pickle is refused by ``pickle_scan`` or a storage claims
             bytes the file does not hold for it.
     """
+    path = src.path
     offset, length = records[f"{prefix}/data.pkl"]
     if length > MAX_HEADER_BYTES:
         raise bad_file(path, f"its pickle is {length} bytes, more than the {MAX_HEADER_BYTES} allowed")
-    with open(path, "rb") as f:
+    with src.open() as f:
         f.seek(offset)
         data = f.read(length)
+    if len(data) != length:
+        raise bad_file(path, "its pickle lies outside the file (it is truncated)")
     seen: dict[str, Storage] = {}
 
     def on_storage(storage: Storage) -> None:
@@ -67,20 +69,14 @@ def check_zip(path: str, prefix: str, records: dict[str, tuple[int, int]]) -> No
         raise bad_file(path, f"its pickle ends at byte {end} of the {len(data)} in its record")
 
 
-def check_legacy(path: str) -> None:
-    """Scan a legacy file's pickles and walk its storage records (see the module docstring).
+def check_legacy(src: Window) -> None:
+    """Scan a legacy file's pickles and walk its storage records (see the module docstring), inside ``src``.
 
     Raises:
         FileFormatError: (ValueError) a pickle is refused, or the storages do not match the records.
     """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)
-            try:
-                _walk_legacy(path, view, size)
-            finally:
-                view.release()
+    with src.mapped() as view:
+        _walk_legacy(src.path, view, len(view))
 
 
 def _walk_legacy(path: str, view: memoryview, size: int) -> None:

@@ -19,7 +19,9 @@ damaged or hostile file makes torch raise becomes a :class:`FileFormatError`.
 **Reading.** Zip files (torch >= 1.6) are memory-mapped: :meth:`Entry.load` is a zero-copy view of
 the file's pages, copy-on-write (writing to it never reaches the file). Legacy files
 (``_use_new_zipfile_serialization=False``) cannot be mapped: torch reads their data into memory
-during :meth:`PT.read`, checking each record's size. Names are ``structure.flatten``'s dotted
+during :meth:`PT.read`, checking each record's size. :meth:`PT.read_window` reads a payload that is
+a byte window of a larger file (a DCP chunk) with the same checks, inside the window, its data
+into memory. Names are ``structure.flatten``'s dotted
 paths, :attr:`Archive.structure` its record (OrderedDicts and ``{"epoch": 3}`` leaves included; a
 bare tensor is ``data``). Tied weights (one storage, two names) keep both names; flat formats then
 store the data twice. Sparse, quantized, nested and meta tensors, dtypes NumPy cannot hold and
@@ -41,7 +43,7 @@ import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import IO, Any, Final, cast
 
 import numpy as np
 import torch
@@ -52,6 +54,7 @@ from ..errors import ConversionError, FileFormatError, StructureError, Unsupport
 from ..tree import ContainerSpec, Path, fold
 from . import pt_writer
 from .base import Archive, Entry, bad_file
+from .file_window import Window
 from .pickle_scan import MAX_DEPTH, MAX_ITEMS, MAX_REPEAT
 from .pt_checks import check_legacy, check_zip
 from .structure import flatten
@@ -113,19 +116,52 @@ class _PT:
             6.0
         """
         path = os.fspath(path)
-        with open(path, "rb") as f:
+        return self._read(Window(path, 0, os.path.getsize(path), "its data"), whole=True)
+
+    def read_window(self, window: Window) -> Archive:
+        """Load a torch.save payload that is one byte window of a larger file, with every check of :meth:`read`.
+
+        The window is read as a file of its own (``file_window.WindowFile``): its zip directory,
+        records and pickle must lie inside it, and nothing around it is read. Its tensors are read
+        into memory (torch cannot map part of a file), each entry's data once; errors name
+        ``window.path``.
+
+        Raises:
+            FileFormatError: (ValueError) as for :meth:`read`, and where the file does not hold the
+                whole window (it is truncated).
+            UnsupportedError: (TypeError) an entry tensorbridge cannot hold.
+            OSError: the file cannot be opened.
+
+        Example:
+            >>> import io, os, tempfile, torch
+            >>> from tensorbridge.files.file_window import Window
+            >>> payload = io.BytesIO()
+            >>> torch.save(torch.arange(4.0), payload)
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     path = os.path.join(tmp, "blob.bin")
+            ...     with open(path, "wb") as f:
+            ...         _ = f.write(b"x" * 10 + payload.getvalue() + b"y" * 10)
+            ...     (entry,) = PT.read_window(Window(path, 10, len(payload.getvalue()))).entries
+            ...     print(entry.name, entry.load().tolist())
+            data [0.0, 1.0, 2.0, 3.0]
+        """
+        return self._read(window, whole=False)
+
+    def _read(self, src: Window, *, whole: bool) -> Archive:
+        """PT.read of a whole file (memory-mapped where it is a zip) or of a window (read into memory)."""
+        path, size = src.path, src.length
+        with src.open() as f:
             head = f.read(512)
-            size = os.fstat(f.fileno()).st_size
         layout: _Zip | None = None
         if head.startswith(_ZIP_MAGIC):
-            layout = _zip_layout(path, size)
+            layout = _zip_layout(src)
             budget = layout.records[f"{layout.prefix}/data.pkl"][1]
-            check_zip(path, layout.prefix, layout.records)
+            check_zip(src, layout.prefix, layout.records)
         else:
             if _check_legacy_head(path, head):
-                check_legacy(path)
+                check_legacy(src)
             budget = size
-        obj = _torch_load(path, mmap=layout is not None)
+        obj = _torch_load(src, mmap=whole and layout is not None, whole=whole)
         # Every item of a tree costs the pickle at least a byte; only shared references multiply.
         _check_tree(obj, path, min(4 * budget + 100_000, MAX_ITEMS), MAX_REPEAT * size + MAX_TENSOR_SLACK)
         try:
@@ -175,10 +211,11 @@ def _short(message: str) -> str:
     return (text[:300] + "...") if len(text) > 300 else text.rstrip(".")
 
 
-def _zip_layout(path: str, size: int) -> _Zip:
-    """Check a zip's directory before torch parses it; return where each record's data lies."""
+def _zip_layout(src: Window) -> _Zip:
+    """Check a zip's directory before torch parses it; return where each record's data lies (in ``src``)."""
+    path, size = src.path, src.length
     try:
-        with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+        with src.open() as zfile, zipfile.ZipFile(zfile) as zf, src.open() as f:
             infos = zf.infolist()
             prefix = infos[0].filename.split("/")[0] if infos else ""
             if any(info.filename == f"{prefix}/constants.pkl" for info in infos):
@@ -224,14 +261,23 @@ def _check_legacy_head(path: str, head: bytes) -> bool:
     return is_pickle
 
 
-def _torch_load(path: str, *, mmap: bool) -> Any:
-    """torch.load, weights only; whatever a damaged or hostile file makes it raise is a FileFormatError."""
+def _torch_load(src: Window, *, mmap: bool, whole: bool) -> Any:
+    """torch.load, weights only, of a whole file (by path) or of a window (a file object over it).
+
+    Whatever a damaged or hostile file makes it raise is a FileFormatError.
+    """
+    path = src.path
     try:
         with warnings.catch_warnings():
             # torch warns about its own internals while rebuilding valid tensors (complex32 is
             # "experimental", TypedStorage "deprecated"); nothing a reader of the file can act on.
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            if whole:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            with src.open() as f:
+                return torch.load(cast(IO[bytes], f), map_location="cpu", weights_only=True, mmap=False)
+    except FileFormatError:
+        raise
     except Exception as err:  # untrusted bytes reach torch's parsers: any exception means a bad file
         raise _load_error(path, err) from err
 
