@@ -1,4 +1,7 @@
-r"""The ``tensorbridge`` command: argument parsing and printing only (the work is in ``files/convert.py``).
+r"""The ``tensorbridge`` command: running and printing only (the work is in ``files/convert.py``).
+
+The arguments are parsed by ``tensorbridge_launch.parser``, a module that imports no torch or
+NumPy, so that the ``tensorbridge`` console script answers ``--help`` without importing them.
 
 Exit statuses:
 
@@ -40,6 +43,8 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any, TextIO
 
+from tensorbridge_launch.parser import build_parser as _parser
+
 from .errors import ConversionError
 
 __all__ = ["main"]
@@ -50,12 +55,6 @@ EXIT_PIPE = 128 + 13  # SIGPIPE's status, as a shell reports a process it ended
 #: The signals that end a command like Ctrl-C does: raised as :class:`Interrupted`, so ``finally``
 #: clauses run (``convert`` removes its unfinished file) and the status is 128 + the number.
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-_EPILOG = (
-    "Exit status: 0 ok (diff: same), 1 differences found or verification failed, 2 error, "
-    "129/130/143 ended by SIGHUP/SIGINT/SIGTERM (convert leaves DST untouched or complete), "
-    "141 the output pipe was closed."
-)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -126,63 +125,6 @@ def _warnings_shown(err: TextIO, quiet: bool) -> Iterator[None]:
         warnings.simplefilter("ignore" if quiet else "default")
         warnings.showwarning = show
         yield
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tensorbridge",
-        description="Convert, inspect and compare tensor files (.npy, .npz, .pt/.pth/.bin, .safetensors, "
-        "Hugging Face sharded safetensors sets: a directory holding model.safetensors.index.json, and "
-        "torch.distributed.checkpoint directories: read, and written with --to dcp).",
-        epilog=_EPILOG,
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("convert", help="convert SRC to DST, one tensor at a time")
-    c.add_argument("src")
-    c.add_argument("dst")
-    c.add_argument(
-        "--dtype",
-        help="cast floating-point tensors to this floating-point dtype, rounding once to nearest (a value that "
-        "would become inf/NaN is an error); integer, bool and complex tensors are kept, as nn.Module.to(dtype) does",
-    )
-    c.add_argument("--only", action="append", metavar="PATTERN", help="keep matching names (wildcards; repeatable)")
-    c.add_argument("--verify", action="store_true", help="read DST back and compare it bit for bit")
-    c.add_argument("--force", action="store_true", help="replace DST if it exists")
-    c.add_argument("--from", dest="src_format", metavar="FORMAT", help="the source format, if its suffix does not say")
-    c.add_argument(
-        "--to",
-        dest="dst_format",
-        metavar="FORMAT",
-        help="the destination format, likewise (npy, npz, pt, safetensors, safetensors-set, or dcp: DST becomes "
-        "a torch.distributed.checkpoint directory)",
-    )
-    c.add_argument(
-        "--max-shard-size",
-        metavar="SIZE",
-        help="write DST as a Hugging Face sharded set (a directory of model-0000K-of-0000N.safetensors and "
-        "model.safetensors.index.json) with at most SIZE bytes per shard: 5GB, 500MB, 2GiB or bytes (a DST "
-        "directory or name without suffix is a set with 5GB shards already)",
-    )
-    c.add_argument("--strip-prefix", metavar="PREFIX", help="remove PREFIX (e.g. model.) from names starting with it")
-    c.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    i = sub.add_parser("inspect", help="list names, dtypes, shapes, sizes and metadata (from headers only)")
-    i.add_argument("file")
-    i.add_argument("--json", action="store_true", help="print JSON")
-    i.add_argument("--format", help="the format, if the suffix does not say")
-    d = sub.add_parser("diff", help="compare two files name by name, then their metadata")
-    d.add_argument("a")
-    d.add_argument("b")
-    d.add_argument("--rtol", type=float, default=0.0)
-    d.add_argument("--atol", type=float, default=0.0)
-    d.add_argument("--json", action="store_true", help="print JSON")
-    d.add_argument(
-        "--ignore-metadata",
-        action="store_true",
-        help="compare the arrays only, not the metadata (compared where both formats hold it: .safetensors, .npz)",
-    )
-    t = sub.add_parser("tour", help="walk through the tutorials' conversions (what is shared, what is copied)")
-    t.add_argument("--quiet", action="store_true")
-    return p
 
 
 #: Seconds before a progress bar appears (quick conversions show none), and between its updates.
