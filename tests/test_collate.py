@@ -761,3 +761,21 @@ def test_a_reversed_column_with_another_dtype_or_shape_is_refused() -> None:
         tb.collate([big, big.astype(np.float32)[..., ::-1]])
     with pytest.raises(tb.StructureError, match=r"samples\[1\]: shape \(64, 48, 2\) differs"):
         tb.collate([big, big[..., :2]])
+
+
+@pytest.mark.parametrize("kind", ["arrays", "tensors", "mixed"])
+def test_the_fix_the_refusal_names_works_when_the_target_is_the_first_values_dtype(kind: str) -> None:
+    """dtype=torch.float32 on [float32, float64] casts each value (it was refused: the first needs no cast)."""
+    first: Any = f32(1.5, 2)
+    second: Any = np.array([3.25, 1e300])
+    if kind != "arrays":
+        second = torch.from_numpy(second)
+    if kind == "tensors":
+        first = torch.from_numpy(first)
+    with pytest.raises(tb.ValueRangeError, match=r"samples\[1\]\['x'\]: value 1e\+300 does not fit float32"):
+        tb.collate([{"x": first}, {"x": second}], dtype=torch.float32)
+    second[1] = -4.0
+    for samples in ([first, second], [second, first]):
+        out = tb.collate([{"x": v} for v in samples], dtype=torch.float32)["x"]
+        assert out.dtype is torch.float32
+        assert out.tolist() == [[float(v) for v in s] for s in samples]

@@ -168,7 +168,7 @@ def _arrays(values: Any, opts: ToTensorOptions, name: Name, *, numbers: bool = F
     dtype = row.torch
     target = _target(opts, source) or dtype
     if (
-        (target is not dtype or opts.dtype_map is not None)
+        (opts.dtype is not None or opts.dtype_map is not None)  # a cast asked for, even to the first's own dtype
         and not numbers
         and not all(_same_dtype(v.dtype, source) for v in values)
     ):  # a cast, and several dtypes: each value is cast to what its own dtype asks for
