@@ -111,6 +111,8 @@ def matrix(rank: int, world: int, outdir: str) -> list[str]:
             assert np.array_equal(_bytes(v), _bytes(want[k])), k
         else:
             assert v is None, k
+    tied = tb.to_numpy({"a": cases["shard0"], "b": cases["shard0"]}, shards="gather", dst=0)
+    assert rank != 0 or tied["a"] is tied["b"], "one DTensor under two keys became two arrays"
     checks.append("gather dst=0")
 
     # gather onto the last rank, and onto every rank

@@ -205,12 +205,15 @@ def gather_leaves(what: str, data: Any, dst: int | None, finish: Callable[[torch
         g.serve()
         return map_leaves(lambda x, p: None if isinstance(x, DTensor) else x, data)
 
+    arrived: dict[int, Finished] = {}  # by the DTensor's id: one DTensor under two keys (tied weights) stays one
+
     def one(x: Any, p: Any) -> Any:
         if not isinstance(x, DTensor):
             return x
-        path = format_path(p)
-        full = fetch(path)
-        return Finished(finish(full, path))
+        if id(x) not in arrived:
+            path = format_path(p)
+            arrived[id(x)] = Finished(finish(fetch(path), path))
+        return arrived[id(x)]
 
     with g.driving() as fetch:
         return map_leaves(one, data)
