@@ -201,6 +201,17 @@ def matrix(rank: int, world: int, outdir: str) -> list[str]:
     unpicklable = {"w": arrays["w"], "f": lambda: 0} if rank == 0 else None
     kind, msg = _catch(lambda: tb.to_tensor(unpicklable, mesh=mesh, src=0))
     assert kind == "UnsupportedError" and "cannot be sent" in msg, (kind, msg)
+    # values are checked where they are converted, on src: the others are told, not left waiting
+    for bad_leaf, kind_on_src in (
+        (np.array([1.0, 300.0]), "ValueRangeError"),
+        (np.ma.masked_array([1.0, 2.0], mask=[0, 1]), "UnsupportedError"),
+    ):
+        start = time.monotonic()
+        sent = {"ok": np.ones(4, np.float32), "bad": bad_leaf} if rank == 0 else None
+        kind, msg = _catch(lambda sent=sent: tb.to_tensor(sent, mesh=mesh, src=0, dtype={np.float64: torch.uint8}))
+        assert time.monotonic() - start < 10, "a rank waited for data that did not come"
+        expected = kind_on_src if rank == 0 else "DistributedError"
+        assert kind == expected and "data['bad']" in msg, (kind, msg)
     checks.append("one rank's bad argument raises everywhere")
 
     # placements that do not fit, refused on every rank before anything moves

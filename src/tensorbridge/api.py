@@ -13,9 +13,9 @@ from typing import Any, Final, Literal, TypeVar, overload
 import numpy as np
 import torch
 
-from .errors import ConversionError, UnsupportedError
+from .errors import UnsupportedError
 from .options import NO_VALUE, numpy_options, tensor_options
-from .pipeline import convert, explain_plans
+from .pipeline import convert, convert_at, explain_plans
 from .plan import Plan
 
 __all__ = ["Explanation", "explain", "to_numpy", "to_tensor"]
@@ -311,11 +311,8 @@ def to_numpy(
     if opts.interop.shards == "gather":
         from .distributed import gather_leaves, unwrap  # imports torch.distributed only when asked
 
-        def finish(full: torch.Tensor, path: str) -> Any:
-            try:
-                return convert(full, opts)
-            except ConversionError as err:
-                raise type(err)(err.what, path, err.cause, err.fix) from err
+        def finish(full: torch.Tensor, path: str) -> Any:  # each gathered leaf, as it arrives
+            return convert_at(full, opts, path)
 
         return unwrap(convert(gather_leaves("to_numpy", data, opts.interop.dst, finish), opts))
     return convert(data, opts)

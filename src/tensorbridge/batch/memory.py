@@ -16,6 +16,7 @@ from typing import Final, Literal
 import torch
 
 from ..errors import DeviceError
+from ..plan.core import contiguous_strides
 from ..transfer.devices import backend_for
 from .columns import Column
 
@@ -48,16 +49,10 @@ def allocate(columns: Sequence[Column], placement: Placement) -> list[torch.Tens
     for n, off in offsets:
         col = columns[n]
         itemsize = col.target.itemsize
-        outs[n] = torch.empty(0, dtype=col.target).set_(storage, off // itemsize, col.shape, _c_strides(col.shape))
+        outs[n] = torch.empty(0, dtype=col.target).set_(
+            storage, off // itemsize, col.shape, contiguous_strides(col.shape)
+        )
     return outs
-
-
-def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
 
 
 def _slab(nbytes: int, placement: Placement) -> torch.UntypedStorage:

@@ -17,9 +17,10 @@ import torch.distributed as dist
 
 from ..errors import DistributedError, UnsupportedError
 
-__all__ = ["ABORT", "DONE", "comm_device", "rank_and_world", "recv_into", "send_from", "waiting"]
+__all__ = ["ABORT", "DONE", "OK", "comm_device", "rank_and_world", "recv_into", "send_from", "waiting"]
 
-#: Control words sent in place of a leaf's index (``gather.py``).
+#: Control words: in place of a leaf's index (``gather.py``), or before a leaf's data (``scatter.py``).
+OK: Final = 0
 DONE: Final = -1
 ABORT: Final = -2
 

@@ -25,7 +25,7 @@ import torch
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-__all__ = ["Box", "Layout", "chunk", "contiguous_strides", "layout_of", "layout_on", "placement_spec", "region"]
+__all__ = ["Box", "Layout", "chunk", "layout_of", "layout_on", "placement_spec", "region"]
 
 _T = TypeVar("_T", torch.Tensor, "np.ndarray[Any, Any]")
 
@@ -168,15 +168,6 @@ def layout_on(
 def layout_of(t: DTensor) -> Layout:
     """The layout of a DTensor, from its metadata only."""
     return layout_on(t.device_mesh, t.placements, t.shape, t.dtype)
-
-
-def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
-    """Row-major strides of ``shape``, in elements."""
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= max(size, 1)
-    return tuple(reversed(strides))
 
 
 def region(t: _T, box: Box) -> _T:

@@ -15,6 +15,7 @@ placements of other kinds are refused with the fix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pickle
 from collections.abc import Callable, Sequence
@@ -26,13 +27,14 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from ..dtypes import torch_dtype
-from ..errors import ConversionError, StructureError, UnsupportedError
+from ..errors import ConversionError, DistributedError, StructureError, UnsupportedError
 from ..options import ToTensorOptions
-from ..pipeline import convert
+from ..pipeline import convert_at
+from ..plan.core import contiguous_strides
 from ..tree import format_path, iter_leaves, map_leaves
 from .agree import exchange
-from .comm import rank_and_world, recv_into, send_from, waiting
-from .placements import Box, Layout, contiguous_strides, layout_on, placement_spec, region
+from .comm import ABORT, OK, rank_and_world, recv_into, recv_word, send_from, send_word, waiting
+from .placements import Box, Layout, layout_on, placement_spec, region
 
 __all__ = ["Placements", "scatter_leaves"]
 
@@ -180,21 +182,12 @@ def _slice_own(
         shape = tuple(x.shape)
         fitted = _fitted(placements, mesh, path, shape)
         piece = region(x, layout_on(mesh, fitted, shape, torch.float32).box(coord))  # a view: only its pages are read
-        local = _convert(piece, owned, path)  # copy=True: a shard owns its memory
+        local = convert_at(piece, owned, path)  # copy=True: a shard owns its memory
         if device is not None:
             local = local.to(device)
         return _dtensor(local, mesh, fitted, shape, grad)
 
     return map_leaves(one, data)
-
-
-def _convert(x: Any, opts: ToTensorOptions, path: str) -> torch.Tensor:
-    """One leaf through the ordinary pipeline; its errors name the leaf's path."""
-    try:
-        out: torch.Tensor = convert(x, opts)
-    except ConversionError as err:
-        raise type(err)(err.what, path, err.cause, err.fix) from err
-    return out
 
 
 def _from_src(
@@ -210,6 +203,7 @@ def _from_src(
     """Scatter ``src``'s leaves: two exchanges (the structure and the meshes; every rank's check), then the data.
 
     Each rank's block is computed from that rank's own mesh (replicas on sub-meshes get theirs).
+    Before each leaf's data, ``src`` tells every rank whether it could convert the leaf.
     """
     skeleton: Any = None
     if rank == src and problem is None:
@@ -247,7 +241,7 @@ def _from_src(
         boxes = [_box(layout_on(mesh, place, stand.shape, stand.dtype, ranks), r) for r, ranks in enumerate(meshes)]
         with torch.no_grad(), waiting(_WHAT, path, f"scattering {path} from rank {src}"):
             if leaves is not None:
-                full = _convert(next(leaves), host, path)
+                full = _leaf_or_abort(next(leaves), host, path, stand, len(meshes), rank)
                 for r, box in enumerate(boxes):
                     piece = region(full, box)
                     if r == rank:
@@ -256,6 +250,11 @@ def _from_src(
                         send_from(piece, r)
                 del full
             else:
+                if recv_word(src) == ABORT:  # src could not convert this leaf: its own error says why
+                    raise DistributedError(
+                        _WHAT, path, f"rank {src} could not convert it (its own error says why)",
+                        f"Fix what rank {src} reports, then call again on every rank",
+                    )  # fmt: skip
                 local = torch.empty(boxes[rank][1], dtype=stand.dtype, device=device)
                 if local.numel():
                     recv_into(local, src)
@@ -263,6 +262,31 @@ def _from_src(
             local = local.to(device)
         made[path] = _dtensor(local, mesh, place, stand.shape, grad)
     return map_leaves(lambda x, p: made[format_path(p)] if isinstance(x, _Stand) else x, skeleton)
+
+
+def _leaf_or_abort(x: Any, host: ToTensorOptions, path: str, stand: _Stand, world: int, rank: int) -> torch.Tensor:
+    """On ``src``: the leaf converted, and a word to every other rank first (OK, or ABORT and the error).
+
+    Values are checked only here (a cast that does not fit, a masked array): the others, waiting
+    for this leaf's data, are told instead of left to time out.
+    """
+    try:
+        full: torch.Tensor = convert_at(x, host, path)
+        if full.dtype != stand.dtype or tuple(full.shape) != stand.shape:
+            raise StructureError(
+                _WHAT, path, f"it converted to {full.dtype} {tuple(full.shape)}, and the structure sent announced "
+                f"{stand.dtype} {stand.shape}", "Report this: the announced dtype should be the conversion's",
+            )  # fmt: skip
+    except BaseException:
+        for r in range(world):
+            if r != rank:
+                with contextlib.suppress(RuntimeError, ConnectionError):
+                    send_word(ABORT, r)
+        raise
+    for r in range(world):
+        if r != rank:
+            send_word(OK, r)
+    return full
 
 
 def _box(lay: Layout, rank: int) -> Box:

@@ -15,7 +15,7 @@ import io
 import pickle
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 
 from ..dtypes import row_for_numpy
 from ..errors import UnsupportedError
+from ..plan.core import contiguous_strides
 
 
 class _Storage:
@@ -83,15 +84,6 @@ def _torch_dtype(dtype: np.dtype[Any], name: str, path: str) -> torch.dtype:
     return row.torch
 
 
-def _c_strides(shape: Sequence[int]) -> list[int]:
-    """Contiguous strides in elements, as torch gives them (an empty axis counts as 1)."""
-    strides, step = [0] * len(shape), 1
-    for axis in reversed(range(len(shape))):
-        strides[axis] = step
-        step *= max(shape[axis], 1)
-    return strides
-
-
 def _layout(arr: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], tuple[int, ...]]:
     """The array whose bytes make the storage (written in C order), and the tensor's strides in elements.
 
@@ -101,12 +93,12 @@ def _layout(arr: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], tuple[int,
     """
     repeated = [axis for axis in range(arr.ndim) if arr.strides[axis] == 0 and arr.shape[axis] > 1]
     base = arr[tuple(slice(0, 1) if axis in repeated else slice(None) for axis in range(arr.ndim))]
-    strides = _c_strides(base.shape)
+    strides = list(contiguous_strides(base.shape))
     if base.ndim > 1 and base.size > 1:
         order = sorted(range(base.ndim), key=lambda axis: -base.strides[axis])
         view = base.transpose(order)
         if view.flags.c_contiguous:
-            for position, stride in zip(order, _c_strides(view.shape), strict=True):
+            for position, stride in zip(order, contiguous_strides(view.shape), strict=True):
                 strides[position] = stride
             base = view
     for axis in repeated:

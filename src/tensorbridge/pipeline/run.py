@@ -28,7 +28,7 @@ from .kinds import INERT, Keyer, keyer_for, odd
 from .leaves import describe_leaf, is_leaf, plan_leaf_to_numpy, plan_leaf_to_tensor
 from .recipes import Recipe, bind, recipe_for, transfer_for
 
-__all__ = ["convert", "explain_plans", "prepare"]
+__all__ = ["convert", "convert_at", "explain_plans", "prepare"]
 
 Options = ToTensorOptions | ToNumpyOptions
 
@@ -215,6 +215,17 @@ def convert(data: Any, opts: Options) -> Any:
         return map_leaves(leaf, data, runs)
     except _Moving:
         return _together(data, opts)
+
+
+def convert_at(x: Any, opts: Options, path: str) -> Any:
+    """:func:`convert` of one leaf that stands at ``path`` of a larger structure; its errors name ``path``.
+
+    For leaves converted apart from their structure (a gathered or scattered shard).
+    """
+    try:
+        return convert(x, opts)
+    except ConversionError as err:
+        raise type(err)(err.what, path, err.cause, err.fix) from err
 
 
 def prepare(data: Any, opts: Options) -> tuple[list[tuple[Path, Any]], list[Recipe | None], list[Transfer | None]]:

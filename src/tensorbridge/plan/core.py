@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Final, Literal
@@ -31,6 +31,7 @@ __all__ = [
     "Then",
     "ToNumpyOptions",
     "ToTensorOptions",
+    "contiguous_strides",
     "describe_array",
     "describe_tensor",
     "finish_copies",
@@ -218,6 +219,20 @@ def finish_copies(steps: list[Step], copy: bool | None, what: str, path: str, ow
         )
     if not copies and (copy is True or own_memory):
         steps.append(Step("clone", "copy=True asks for fresh memory" if copy is True else own_memory))
+
+
+def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """Row-major (C) strides of ``shape`` in elements, as torch gives them (an empty axis counts as 1).
+
+    Example:
+        >>> contiguous_strides((2, 0, 3))
+        (3, 3, 1)
+    """
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
 
 
 def may_overlap(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> bool:
